@@ -1,0 +1,179 @@
+"""A pod's veth pair, Calico style: no bridge, routed /32s, a link-local gateway.
+
+The pod gets its address as /32 (/128) and a default route via 169.254.1.1
+(fe80::1) onlink; the host end answers ARP for it with proxy_arp and carries no
+IPv4 address; the host routes podIP/32 to the host end.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass
+
+import netaddr
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from weft.cni import netns
+from weft.cni.errors import CHECK_FAILED, NETWORK_SETUP, CNIError
+from weft.ipam.plugin import DEFAULT_ROUTE, GATEWAY
+
+RTNH_F_ONLINK = 4
+SCOPE_LINK = 253
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What ADD made: both ends of the veth pair."""
+
+    host_ifname: str
+    host_mac: str
+    pod_ifname: str
+    pod_mac: str
+    mtu: int
+
+
+def attach(netns_path: str, ifname: str, host_ifname: str, addresses: list[str],
+           mtu: int) -> Attachment:
+    """Create and configure the pair; on any failure remove it again and raise."""
+    with IPRoute() as host:
+        # A link of this name can only be a leftover of this same attachment
+        # (the name hashes container ID and ifname): replace it.
+        _delete_link(host, host_ifname)
+        _create_pair(host, netns_path, ifname, host_ifname, mtu)
+        try:
+            index = host.link_lookup(ifname=host_ifname)[0]
+            _configure_host_end(host, index, host_ifname, addresses)
+            pod_mac = _configure_pod_end(netns_path, ifname, addresses)
+            for address in addresses:
+                ip = netaddr.IPAddress(address)
+                host.route("add", dst=f"{ip}/{ip.netmask_bits()}", oif=index,
+                           scope=SCOPE_LINK, family=_af(ip.version))
+            host_mac = host.get_links(index)[0].get("address")
+        except BaseException:
+            _delete_link(host, host_ifname)
+            raise
+    return Attachment(host_ifname, host_mac, ifname, pod_mac, mtu)
+
+
+def detach(host_ifname: str, netns_path: str = "", ifname: str = "") -> None:
+    """Remove the pair; what is already gone is success (DEL may run twice)."""
+    with IPRoute() as host:
+        _delete_link(host, host_ifname)
+    if netns_path and ifname and os.path.exists(netns_path):
+        # Only reached when the host end vanished but the pod end did not.
+        try:
+            with netns.entered(netns_path), IPRoute() as pod:
+                _delete_link(pod, ifname)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.EINVAL):
+                raise
+
+
+def verify(netns_path: str, ifname: str, host_ifname: str, addresses: list[str]) -> None:
+    """CHECK: raise a CNIError naming the first thing that is not as ADD left it."""
+    with IPRoute() as host:
+        found = host.link_lookup(ifname=host_ifname)
+        if not found:
+            raise _missing(f"host interface {host_ifname} is missing")
+        index = found[0]
+        if netns.read_sysctl(f"net/ipv4/conf/{host_ifname}/proxy_arp") != "1":
+            raise _missing(f"proxy_arp is off on host interface {host_ifname}")
+        for address in addresses:
+            ip = netaddr.IPAddress(address)
+            dst = f"{ip}/{ip.netmask_bits()}"
+            if not _has_route(host, ip.version, dst, index):
+                raise _missing(f"host route {dst} dev {host_ifname} is missing")
+    with netns.entered(netns_path), IPRoute() as pod:
+        found = pod.link_lookup(ifname=ifname)
+        if not found:
+            raise _missing(f"interface {ifname} is missing in {netns_path}")
+        index = found[0]
+        held = {a.get("address") for a in pod.get_addr(index=index)}
+        for address in addresses:
+            ip = netaddr.IPAddress(address)
+            if str(ip) not in held:
+                raise _missing(f"address {ip} is missing on {ifname} in {netns_path}")
+            if not _has_route(pod, ip.version, DEFAULT_ROUTE[ip.version], index):
+                raise _missing(f"default route via {GATEWAY[ip.version]} dev {ifname} is "
+                               f"missing in {netns_path}")
+
+
+def _create_pair(host: IPRoute, netns_path: str, ifname: str, host_ifname: str,
+                 mtu: int) -> None:
+    fd = os.open(netns_path, os.O_RDONLY)
+    try:
+        host.link("add", ifname=host_ifname, kind="veth", mtu=mtu,
+                  peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+    except NetlinkError as err:
+        if err.code == errno.EEXIST:
+            raise CNIError(
+                NETWORK_SETUP,
+                f"failed to create interface {ifname} in {netns_path}",
+                f"an interface named {ifname} already exists there; choose another "
+                "CNI_IFNAME or remove it",
+            ) from err
+        raise CNIError(NETWORK_SETUP, f"failed to create veth pair {host_ifname}/{ifname}",
+                       str(err)) from err
+    finally:
+        os.close(fd)
+
+
+def _configure_host_end(host: IPRoute, index: int, host_ifname: str,
+                        addresses: list[str]) -> None:
+    netns.write_sysctl(f"net/ipv4/conf/{host_ifname}/proxy_arp", "1")
+    # Answer ARP at once: the default 0.8 s proxy delay stalls every pod's first packet.
+    netns.write_sysctl(f"net/ipv4/neigh/{host_ifname}/proxy_delay", "0")
+    if any(netaddr.IPAddress(a).version == 6 for a in addresses):
+        netns.write_sysctl(f"net/ipv6/conf/{host_ifname}/accept_ra", "0")
+        host.addr("add", index=index, address=GATEWAY[6], prefixlen=64, family=_af(6))
+    host.link("set", index=index, state="up")
+
+
+def _configure_pod_end(netns_path: str, ifname: str, addresses: list[str]) -> str:
+    with netns.entered(netns_path), IPRoute() as pod:
+        index = pod.link_lookup(ifname=ifname)[0]
+        families = sorted({netaddr.IPAddress(a).version for a in addresses})
+        if 6 in families:
+            # Duplicate address detection would hold the pod's address for a second.
+            netns.write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+        pod.link("set", index=index, state="up")
+        for address in addresses:
+            ip = netaddr.IPAddress(address)
+            pod.addr("add", index=index, address=str(ip), prefixlen=ip.netmask_bits(),
+                     family=_af(ip.version))
+        for family in families:
+            pod.route("add", dst=DEFAULT_ROUTE[family], gateway=GATEWAY[family], oif=index,
+                      family=_af(family), flags=RTNH_F_ONLINK if family == 4 else 0)
+        return pod.get_links(index)[0].get("address")
+
+
+def _has_route(ipr: IPRoute, version: int, dst: str, index: int) -> bool:
+    net = netaddr.IPNetwork(dst)
+    for route in ipr.get_routes(family=_af(version), table=254):
+        if route.get("oif") != index or route["dst_len"] != net.prefixlen:
+            continue
+        if (route.get("dst") or str(net.ip)) == str(net.ip):
+            return True
+    return False
+
+
+def _delete_link(ipr: IPRoute, ifname: str) -> None:
+    found = ipr.link_lookup(ifname=ifname)
+    if found:
+        try:
+            ipr.link("del", index=found[0])
+        except NetlinkError as err:
+            if err.code != errno.ENODEV:
+                raise
+
+
+def _af(version: int) -> int:
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+def _missing(what: str) -> CNIError:
+    return CNIError(CHECK_FAILED, what, "the pod's network is broken; delete and re-create "
+                    "the pod")

@@ -1,0 +1,136 @@
+"""The `local` datastore: Kubernetes objects as YAML files in a directory.
+
+Layout: `<root>/<plural>/<name>.yaml`, and `<root>/<plural>/<namespace>/<name>.yaml`
+for namespaced kinds. Files are written to a temporary name and then linked
+(create: fails if the name exists, so it is the claim lock) or renamed (apply)
+into place, so a reader never sees half a file. Deleting an object deletes the
+objects whose ownerReferences name it, as the Kubernetes garbage collector does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from weft.ipam.datastore import (
+    KINDS,
+    AlreadyExists,
+    DatastoreError,
+    Kind,
+    Object,
+    kind_of,
+    name_of,
+)
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class LocalStore:
+    """A directory of YAML objects; safe for several processes at once."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Object | None:
+        return self._read(self._path(KINDS[kind], name, namespace))
+
+    def list(self, kind: str, namespace: str = "") -> list[Object]:
+        spec = KINDS[kind]
+        base = self.root / spec.plural
+        if spec.namespaced:
+            pattern = f"{namespace}/*.yaml" if namespace else "*/*.yaml"
+        else:
+            pattern = "*.yaml"
+        objects = (self._read(path) for path in sorted(base.glob(pattern)))
+        return [obj for obj in objects if obj is not None]
+
+    def create(self, obj: Object) -> Object:
+        path, stored = self._prepare(obj)
+        tmp = self._write_temp(path, stored)
+        try:
+            os.link(tmp, path)
+        except FileExistsError as err:
+            raise AlreadyExists(f"{stored['kind']} {path.stem} already exists") from err
+        finally:
+            os.unlink(tmp)
+        return stored
+
+    def apply(self, obj: Object) -> Object:
+        path, stored = self._prepare(obj)
+        current = self._read(path)
+        if current is not None:
+            # Keep identity and creation time, as an update through the API would.
+            for key in ("uid", "creationTimestamp"):
+                if key in current.get("metadata", {}):
+                    stored["metadata"][key] = current["metadata"][key]
+        os.replace(self._write_temp(path, stored), path)
+        return stored
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> bool:
+        spec = KINDS[kind]
+        path = self._path(spec, name, namespace)
+        current = self._read(path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        uid = (current or {}).get("metadata", {}).get("uid")
+        self._delete_dependents(kind, name, uid)
+        return True
+
+    def _delete_dependents(self, kind: str, name: str, uid: str | None) -> None:
+        for dependent_kind in KINDS:
+            for obj in self.list(dependent_kind):
+                for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+                    if ref.get("kind") == kind and ref.get("name") == name and (
+                        not uid or not ref.get("uid") or ref.get("uid") == uid
+                    ):
+                        namespace, dep_name = name_of(obj)
+                        self.delete(dependent_kind, dep_name, namespace)
+                        break
+
+    def _prepare(self, obj: Object) -> tuple[Path, Object]:
+        spec = kind_of(obj)
+        namespace, name = name_of(obj)
+        stored = dict(obj)
+        stored["apiVersion"] = obj.get("apiVersion") or spec.api_version
+        meta = dict(obj.get("metadata") or {})
+        if spec.namespaced:
+            meta["namespace"] = namespace
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta["resourceVersion"] = str(time.time_ns())
+        stored["metadata"] = meta
+        return self._path(spec, name, namespace), stored
+
+    def _path(self, spec: Kind, name: str, namespace: str) -> Path:
+        if "/" in name or name.startswith("."):
+            raise DatastoreError(f"{spec.kind} name {name!r} is not a valid object name")
+        base = self.root / spec.plural
+        if spec.namespaced:
+            base = base / (namespace or "default")
+        return base / f"{name}.yaml"
+
+    def _write_temp(self, path: Path, obj: Object) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
+        with os.fdopen(fd, "w") as out:
+            yaml.dump(obj, out, Dumper=_Dumper, sort_keys=False)
+        return tmp
+
+    @staticmethod
+    def _read(path: Path) -> Object | None:
+        with contextlib.suppress(FileNotFoundError):
+            with open(path) as stream:
+                obj = yaml.load(stream, Loader=_Loader)
+            if isinstance(obj, dict):
+                return obj
+        return None

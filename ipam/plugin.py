@@ -1,0 +1,153 @@
+"""weft-ipam: weft's IPAM as a CNI IPAM plugin of its own.
+
+The weft plugin calls the same functions in-process; any other main plugin
+(the containernetworking `ptp`, say) runs it as `"ipam": {"type": "weft-ipam"}`.
+Settings may sit in the `ipam` section or at the top of the network config.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import netaddr
+
+from weft.cni import dispatch
+from weft.cni.config import CmdArgs, NetConf
+from weft.cni.errors import CHECK_FAILED, DATASTORE, INVALID_CONFIG, NOT_AVAILABLE, CNIError
+from weft.cni.result import encode
+from weft.ipam.allocator import IPAM, Allocation
+from weft.ipam.datastore import Datastore, DatastoreError, open_datastore
+from weft.ipam.pools import Pool, PoolError, parse_pool
+
+# Pods route everything through a link-local next hop that the host answers for
+# (proxy ARP for IPv4, an fe80::1 address on the host veth for IPv6).
+GATEWAY = {4: "169.254.1.1", 6: "fe80::1"}
+DEFAULT_ROUTE = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+def setting(conf: NetConf, key: str, default: str) -> str:
+    """An IPAM setting: the ipam section's value wins over the top level's."""
+    value = conf.ipam.get(key, conf.raw.get(key, default))
+    if not isinstance(value, str) or not value:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: {key!r} must be a non-empty "
+                       "string")
+    return value
+
+
+def ipam_for(conf: NetConf) -> IPAM:
+    """The allocator a network config describes."""
+    store = datastore(setting(conf, "datastore", conf.datastore),
+                      setting(conf, "datastorePath", conf.datastore_path))
+    return IPAM(store, setting(conf, "stateDir", conf.state_dir),
+                setting(conf, "nodeName", conf.node_name), inline_pools(conf.ipam))
+
+
+@functools.lru_cache(maxsize=16)
+def datastore(kind: str, path: str) -> Datastore:
+    """Datastores are kept open for the life of the process (the agent's warm path)."""
+    try:
+        return open_datastore(kind, path)
+    except DatastoreError as err:
+        raise CNIError(DATASTORE, f"failed to open the {kind} datastore", str(err)) from err
+
+
+def inline_pools(ipam: Mapping[str, Any]) -> list[Pool] | None:
+    """Pools declared in the config for standalone use; None means the datastore's."""
+    if "pools" not in ipam:
+        return None
+    specs = ipam["pools"]
+    if not isinstance(specs, list) or not specs:
+        raise CNIError(INVALID_CONFIG, "invalid network config: 'ipam.pools' must be a "
+                       "non-empty list such as [{\"cidr\": \"10.244.0.0/16\"}]")
+    try:
+        return [parse_pool(spec) for spec in specs]
+    except PoolError as err:
+        raise CNIError(INVALID_CONFIG, "invalid network config: bad pool in ipam.pools",
+                       str(err)) from err
+
+
+def ip_configs(allocations: list[Allocation], interface: int | None = None) -> list[dict]:
+    """The result's `ips` entries: /32 (/128) addresses behind the link-local gateway."""
+    configs = []
+    for alloc in allocations:
+        address = netaddr.IPAddress(alloc.address)
+        entry: dict[str, Any] = {"address": f"{address}/{address.netmask_bits()}",
+                                 "gateway": GATEWAY[address.version]}
+        if interface is not None:
+            entry["interface"] = interface
+        configs.append(entry)
+    return configs
+
+
+def default_routes(allocations: list[Allocation]) -> list[dict]:
+    families = sorted({netaddr.IPAddress(a.address).version for a in allocations})
+    return [{"dst": DEFAULT_ROUTE[f], "gw": GATEWAY[f]} for f in families]
+
+
+def assign(conf: NetConf, args: CmdArgs) -> list[Allocation]:
+    return ipam_for(conf).assign(args.handle, args.container_id, args.ifname,
+                                 args.pod_namespace, args.pod_name)
+
+
+def valid_handles(conf: NetConf) -> set[str]:
+    """GC's list of attachments the runtime still holds, as handles."""
+    attachments = conf.raw.get("cni.dev/valid-attachments", [])
+    if not isinstance(attachments, list):
+        raise CNIError(INVALID_CONFIG, "invalid network config: 'cni.dev/valid-attachments' "
+                       "must be a list")
+    handles = set()
+    for item in attachments:
+        if not isinstance(item, dict) or not item.get("containerID") or not item.get("ifname"):
+            raise CNIError(INVALID_CONFIG, "invalid network config: each valid attachment "
+                           "needs a containerID and an ifname")
+        handles.add(f"{item['containerID']}/{item['ifname']}")
+    return handles
+
+
+def check_status(conf: NetConf) -> None:
+    """STATUS: ready when the datastore answers and a usable pool exists."""
+    try:
+        ipam_for(conf).active_pools()
+    except CNIError as err:
+        raise CNIError(NOT_AVAILABLE, "weft-ipam cannot allocate addresses now",
+                       err.msg + (f": {err.details}" if err.details else "")) from err
+
+
+def _add(conf: NetConf, args: CmdArgs) -> bytes:
+    allocations = assign(conf, args)
+    result = {"ips": ip_configs(allocations), "routes": default_routes(allocations), "dns": {}}
+    return encode(result, conf.cni_version)
+
+
+def _del(conf: NetConf, args: CmdArgs) -> bytes:
+    ipam_for(conf).release(args.handle)
+    return b""
+
+
+def _check(conf: NetConf, args: CmdArgs) -> bytes:
+    if not ipam_for(conf).lookup(args.handle):
+        raise CNIError(CHECK_FAILED, f"no address is allocated to {args.handle}",
+                       "the attachment's allocation is gone; delete and re-create the pod")
+    return b""
+
+
+def _gc(conf: NetConf, args: CmdArgs) -> bytes:
+    keep = valid_handles(conf)
+    ipam_for(conf).gc(lambda alloc: alloc.handle in keep)
+    return b""
+
+
+def _status(conf: NetConf, args: CmdArgs) -> bytes:
+    check_status(conf)
+    return b""
+
+
+HANDLERS = {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}
+
+
+def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    return dispatch.run(env, stdin, HANDLERS)
+
+

@@ -1,0 +1,145 @@
+"""`weft`: the command line for people. Errors are one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from weft.agent import config as agent_config
+from weft.cni.errors import CNIError
+from weft.ipam.datastore import DatastoreError, name_of
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from weft.agent.main import run
+
+    return run(agent_config.AgentConfig.from_args(args))
+
+
+def _cmd_ipam_show(args: argparse.Namespace) -> int:
+    import socket
+
+    from weft.ipam.allocator import IPAM
+    from weft.ipam.plugin import datastore
+    from weft.ipam.show import show
+
+    ipam = IPAM(datastore(args.datastore, args.datastore_path), args.state_dir,
+                args.node_name or socket.gethostname())
+    sys.stdout.write(show(ipam))
+    return 0
+
+
+def _load_objects(path: str) -> list[dict]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {err}") from err
+    objects = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise UserError(f"{path}: every document must be a Kubernetes object")
+        objects.extend(doc.get("items", []) if doc.get("kind", "").endswith("List") else [doc])
+    return objects
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from weft.ipam.plugin import datastore
+
+    store = datastore(args.datastore, args.datastore_path)
+    for obj in _load_objects(args.filename):
+        store.apply(obj)
+        _namespace, name = name_of(obj)
+        print(f"{obj['kind'].lower()}/{name} applied")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from weft.ipam.plugin import datastore
+
+    store = datastore(args.datastore, args.datastore_path)
+    for obj in _load_objects(args.filename):
+        namespace, name = name_of(obj)
+        gone = store.delete(obj["kind"], name, namespace)
+        print(f"{obj['kind'].lower()}/{name} {'deleted' if gone else 'not found'}")
+    return 0
+
+
+def _cmd_install_cni(args: argparse.Namespace) -> int:
+    from weft.agent.install import install_binaries
+
+    for path in install_binaries(args.bin_dir):
+        print(f"installed {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from weft.lab.demo import run
+
+    return run(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weft", description="Pod networking for Kubernetes.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = sub.add_parser("agent", help="run the node agent")
+    agent_config.add_arguments(agent)
+    agent.set_defaults(func=_cmd_agent)
+
+    ipam = sub.add_parser("ipam", help="inspect IP address management")
+    ipam_sub = ipam.add_subparsers(dest="ipam_command", required=True, metavar="COMMAND")
+    show = ipam_sub.add_parser("show", help="print pools, blocks and allocations")
+    _add_store_arguments(show)
+    agent_config.add_state_dir(show)
+    show.add_argument("--node-name", default="", help="whose allocations (default: hostname)")
+    show.set_defaults(func=_cmd_ipam_show)
+
+    for name, func, verb in (("apply", _cmd_apply, "create or replace"),
+                             ("delete", _cmd_delete, "delete")):
+        cmd = sub.add_parser(name, help=f"{verb} objects in the datastore, like kubectl")
+        cmd.add_argument("-f", "--filename", required=True, help="a YAML file, or - for stdin")
+        _add_store_arguments(cmd)
+        cmd.set_defaults(func=func)
+
+    install = sub.add_parser("install-cni", help="install the weft and weft-ipam CNI binaries")
+    install.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory")
+    install.set_defaults(func=_cmd_install_cni)
+
+    demo = sub.add_parser("demo", help="one node, two pods, reaching each other")
+    demo.add_argument("--keep", action="store_true", help="leave the demo running")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datastore", choices=("local", "kubernetes"), default="local")
+    agent_config.add_datastore_path(parser)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(args.func(args))
+    except (UserError, DatastoreError) as err:
+        sys.exit(f"weft: {err}")
+    except CNIError as err:
+        sys.exit(f"weft: {err}")
+    except KeyboardInterrupt:
+        sys.exit(130)
