@@ -21,6 +21,8 @@ from weft.cni.errors import CHECK_FAILED, NETWORK_SETUP, CNIError
 from weft.ipam.plugin import DEFAULT_ROUTE, GATEWAY
 
 RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
+IFA_F_NODAD = 0x02
 SCOPE_LINK = 253
 
 
@@ -45,13 +47,13 @@ def attach(netns_path: str, ifname: str, host_ifname: str, addresses: list[str],
         _create_pair(host, netns_path, ifname, host_ifname, mtu)
         try:
             index = host.link_lookup(ifname=host_ifname)[0]
+            host_mac = host.get_links(index)[0].get("address")
             _configure_host_end(host, index, host_ifname, addresses)
-            pod_mac = _configure_pod_end(netns_path, ifname, addresses)
+            pod_mac = _configure_pod_end(netns_path, ifname, addresses, host_mac)
             for address in addresses:
                 ip = netaddr.IPAddress(address)
                 host.route("add", dst=f"{ip}/{ip.netmask_bits()}", oif=index,
                            scope=SCOPE_LINK, family=_af(ip.version))
-            host_mac = host.get_links(index)[0].get("address")
         except BaseException:
             _delete_link(host, host_ifname)
             raise
@@ -128,11 +130,14 @@ def _configure_host_end(host: IPRoute, index: int, host_ifname: str,
     netns.write_sysctl(f"net/ipv4/neigh/{host_ifname}/proxy_delay", "0")
     if any(netaddr.IPAddress(a).version == 6 for a in addresses):
         netns.write_sysctl(f"net/ipv6/conf/{host_ifname}/accept_ra", "0")
-        host.addr("add", index=index, address=GATEWAY[6], prefixlen=64, family=_af(6))
+        # nodad: the gateway must answer neighbour solicitations at once.
+        host.addr("add", index=index, address=GATEWAY[6], prefixlen=64, family=_af(6),
+                  flags=IFA_F_NODAD)
     host.link("set", index=index, state="up")
 
 
-def _configure_pod_end(netns_path: str, ifname: str, addresses: list[str]) -> str:
+def _configure_pod_end(netns_path: str, ifname: str, addresses: list[str],
+                       host_mac: str) -> str:
     with netns.entered(netns_path), IPRoute() as pod:
         index = pod.link_lookup(ifname=ifname)[0]
         families = sorted({netaddr.IPAddress(a).version for a in addresses})
@@ -144,6 +149,12 @@ def _configure_pod_end(netns_path: str, ifname: str, addresses: list[str]) -> st
             ip = netaddr.IPAddress(address)
             pod.addr("add", index=index, address=str(ip), prefixlen=ip.netmask_bits(),
                      family=_af(ip.version))
+        if 4 in families:
+            # A permanent neighbour for the gateway: the pod never waits on ARP for
+            # it, and needs no proxy ARP answer (which the host gives only when it
+            # has a route back, i.e. a default route).
+            pod.neigh("add", dst=GATEWAY[4], lladdr=host_mac, ifindex=index,
+                      state=NUD_PERMANENT)
         for family in families:
             pod.route("add", dst=DEFAULT_ROUTE[family], gateway=GATEWAY[family], oif=index,
                       family=_af(family), flags=RTNH_F_ONLINK if family == 4 else 0)
