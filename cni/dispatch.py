@@ -75,7 +75,7 @@ def _log_to(path: str) -> None:
     A CNI plugin's stderr goes nowhere useful under kubelet, so the in-process
     path logs to a file; the agent has its own handlers and skips this.
     """
-    if path in _configured or logging.getLogger("weft").handlers:
+    if path in _configured or logging.getLogger().handlers:
         return
     _configured.add(path)
     try:

@@ -73,12 +73,14 @@ class Block:
 
         Going round rather than reusing the lowest free address keeps a just-freed
         address (still in ARP caches and conntrack) idle for as long as possible.
+        The block's first address is never handed out: it is the gateway that
+        subnet-style plugins such as ptp put on the host (see `block_gateway`).
         """
         net = netaddr.IPNetwork(self.cidr)
-        start = int(netaddr.IPAddress(self.last)) - net.first + 1 if self.last else 0
-        for step in range(net.size):
-            candidate = str(netaddr.IPAddress(net.first + (start + step) % net.size,
-                                              net.version))
+        start = int(netaddr.IPAddress(self.last)) - net.first if self.last else 0
+        for step in range(net.size - 1):
+            offset = 1 + (start + step) % (net.size - 1)
+            candidate = str(netaddr.IPAddress(net.first + offset, net.version))
             if candidate not in self.allocations:
                 return candidate
         return None

@@ -19,7 +19,7 @@ from weft.cni.errors import CHECK_FAILED, DATASTORE, INVALID_CONFIG, NOT_AVAILAB
 from weft.cni.result import encode
 from weft.ipam.allocator import IPAM, Allocation
 from weft.ipam.datastore import Datastore, DatastoreError, open_datastore
-from weft.ipam.pools import Pool, PoolError, parse_pool
+from weft.ipam.pools import Pool, PoolError, find_pool, parse_pool
 
 # Pods route everything through a link-local next hop that the host answers for
 # (proxy ARP for IPv4, an fe80::1 address on the host veth for IPv6).
@@ -81,6 +81,24 @@ def ip_configs(allocations: list[Allocation], interface: int | None = None) -> l
     return configs
 
 
+def subnet_configs(ipam: IPAM, allocations: list[Allocation]) -> list[dict]:
+    """`ips` for subnet-style main plugins (ptp): address/block and the block's gateway.
+
+    Such plugins put the gateway on the host end and route the block via it, so
+    they need the gateway inside the address's subnet; each block keeps its
+    first address back for this.
+    """
+    pools = ipam.active_pools()
+    configs = []
+    for alloc in allocations:
+        address = netaddr.IPAddress(alloc.address)
+        pool = find_pool(pools, address)
+        prefix = pool.block_size if pool else address.netmask_bits()
+        block = netaddr.IPNetwork(f"{address}/{prefix}")
+        configs.append({"address": f"{address}/{prefix}", "gateway": str(block.network)})
+    return configs
+
+
 def default_routes(allocations: list[Allocation]) -> list[dict]:
     families = sorted({netaddr.IPAddress(a.address).version for a in allocations})
     return [{"dst": DEFAULT_ROUTE[f], "gw": GATEWAY[f]} for f in families]
@@ -117,8 +135,13 @@ def check_status(conf: NetConf) -> None:
 
 def _add(conf: NetConf, args: CmdArgs) -> bytes:
     allocations = assign(conf, args)
-    result = {"ips": ip_configs(allocations), "routes": default_routes(allocations), "dns": {}}
-    return encode(result, conf.cni_version)
+    if conf.type == "weft":
+        ips, routes = ip_configs(allocations), default_routes(allocations)
+    else:
+        ips = subnet_configs(ipam_for(conf), allocations)
+        routes = [{"dst": DEFAULT_ROUTE[netaddr.IPAddress(a.address).version]}
+                  for a in allocations]
+    return encode({"ips": ips, "routes": routes, "dns": {}}, conf.cni_version)
 
 
 def _del(conf: NetConf, args: CmdArgs) -> bytes:

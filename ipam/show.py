@@ -24,7 +24,7 @@ def show(ipam: IPAM) -> str:
     block_rows = []
     for obj in sorted(store.list("IPAMBlock"), key=lambda o: netaddr.IPNetwork(o["spec"]["cidr"])):
         spec = obj["spec"]
-        size = netaddr.IPNetwork(spec["cidr"]).size
+        size = netaddr.IPNetwork(spec["cidr"]).size - 1  # the first is the block's gateway
         local = own.get(spec["cidr"])
         used = len(local.allocations) if local else (obj.get("status") or {}).get("allocated")
         free = size - used if isinstance(used, int) else "-"
