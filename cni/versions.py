@@ -23,7 +23,7 @@ def require_supported(version: object) -> str:
         raise CNIError(
             INCOMPATIBLE_VERSION,
             f"unsupported cniVersion {version!r}",
-            f"weft speaks {', '.join(SUPPORTED)}; set cniVersion in the network config to one of them",
+            f"weft speaks {', '.join(SUPPORTED)}; set the network config's cniVersion to one",
         )
     return version
 
