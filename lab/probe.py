@@ -15,7 +15,8 @@ from weft.lab import netns
 def ping(ns: str, address: str, count: int = 1, wait: float = 2, size: int | None = None,
          dont_fragment: bool = False, prefix: Sequence[str] | None = None) -> bool:
     """True when `address` answers an ICMP echo from namespace `ns`."""
-    command = ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), "-i", "0.2"]
+    # Options both iputils' and busybox's ping know; -M only iputils (bare namespaces).
+    command = ["ping", "-q", "-c", str(count), "-W", str(wait), "-i", "0.2"]
     if size is not None:
         command += ["-s", str(size)]
     if dont_fragment:

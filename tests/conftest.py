@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ class Node:
     def start_agent(self) -> None:
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - closed with the process
         self.agent = netns.popen(self.name, [
-            "weft", "agent", "--node-name", self.name, "--datastore-path",
+            sys.executable, "-m", "weft", "agent", "--node-name", self.name, "--datastore-path",
             str(self.datastore_path), "--state-dir", str(self.state_dir),
             "--socket", str(self.socket), "--default-pool", "none"],
             stdout=log, stderr=subprocess.STDOUT)

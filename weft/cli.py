@@ -13,6 +13,7 @@ import yaml
 from weft.agent import config as agent_config
 from weft.cni.errors import CNIError
 from weft.ipam.datastore import DatastoreError, name_of
+from weft.lab import cli as lab_cli
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -86,12 +87,6 @@ def _cmd_install_cni(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from weft.lab.demo import run
-
-    return run(keep=args.keep)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weft", description="Pod networking for Kubernetes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -120,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory")
     install.set_defaults(func=_cmd_install_cni)
 
-    demo = sub.add_parser("demo", help="one node, two pods, reaching each other")
-    demo.add_argument("--keep", action="store_true", help="leave the demo running")
-    demo.set_defaults(func=_cmd_demo)
+    lab_cli.add_parser(sub)
     return parser
 
 
@@ -137,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(args.func(args))
-    except (UserError, DatastoreError) as err:
+    except (UserError, DatastoreError, lab_cli.LabCommandError) as err:
         sys.exit(f"weft: {err}")
     except CNIError as err:
         sys.exit(f"weft: {err}")

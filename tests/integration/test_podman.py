@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,10 +10,11 @@ import pytest
 
 from weft.agent.install import conflist
 from weft.lab import netns, probe
+from weft.lab import podman as podman_driver
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
-if not (shutil.which("podman") and shutil.which("runc") and shutil.which("busybox")):
+if not podman_driver.available():
     pytestmark.append(pytest.mark.skip(reason="needs podman, runc and busybox-static"))
 
 CLIENT_ADDRESS, NODE_UPLINK = "198.18.0.2", "198.18.0.1"
@@ -25,73 +22,26 @@ CLIENT_ADDRESS, NODE_UPLINK = "198.18.0.2", "198.18.0.1"
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory rootfs holding busybox and its applets: a container image without a registry."""
-    root = tmp_path_factory.mktemp("busybox-rootfs")
-    for directory in ("bin", "etc", "proc", "sys", "dev", "tmp"):
-        (root / directory).mkdir()
-    shutil.copy(shutil.which("busybox"), root / "bin" / "busybox")
-    for applet in ("sh", "nc", "ping", "sleep", "ip", "echo", "cat", "hostname"):
-        os.symlink("busybox", root / "bin" / applet)
-    return root
-
-
-class Podman:
-    """podman run inside the node's namespace, with its own storage and CNI config."""
-
-    def __init__(self, node, rootfs: Path) -> None:
-        self.node, self.rootfs, self.base = node, rootfs, node.root / "podman"
-        # podman refuses a runroot path longer than 50 characters.
-        self.runroot = Path(tempfile.mkdtemp(prefix=f"{node.name}-", dir="/run"))
-        netd = self.base / "net.d"
-        netd.mkdir(parents=True)
-        config = conflist(1450, datastore="local", datastorePath=str(node.datastore_path),
-                          stateDir=str(node.state_dir), nodeName=node.name,
-                          socket=str(node.socket),
-                          ipam={"pools": [{"cidr": "10.246.0.0/16", "blockSize": 26}]})
-        config["name"] = "weft-test"
-        (netd / "weft-test.conflist").write_text(json.dumps(config))
-        (self.base / "containers.conf").write_text(
-            "[network]\n"
-            'network_backend = "cni"\n'
-            f'network_config_dir = "{netd}"\n'
-            f'cni_plugin_dirs = ["{node.cni_bin}", "/usr/lib/cni"]\n'
-            "[engine]\n"
-            'cgroup_manager = "cgroupfs"\n'
-            'events_logger = "file"\n'
-            'runtime = "runc"\n')
-
-    def __call__(self, *args: str, check: bool = True) -> str:
-        command = [*netns.prefix_command(self.node.name), "podman",
-                   "--root", str(self.base / "root"), "--runroot", str(self.runroot),
-                   "--storage-driver", "vfs", *args]
-        env = {**os.environ, "CONTAINERS_CONF": str(self.base / "containers.conf")}
-        proc = subprocess.run(command, env=env, capture_output=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} failed: {proc.stderr.decode()}")
-        return proc.stdout.decode().strip()
-
-    def run(self, name: str, *command: str, ports: tuple[str, ...] = ()) -> str:
-        publish = [arg for port in ports for arg in ("-p", port)]
-        return self("run", "-d", "--name", name, "--network", "weft-test", *publish,
-                    "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-                    "--rootfs", str(self.rootfs), *command)
-
-    def ip(self, name: str) -> str:
-        inspect = json.loads(self("inspect", name))
-        return inspect[0]["NetworkSettings"]["Networks"]["weft-test"]["IPAddress"]
-
-    def cleanup(self) -> None:
-        self("rm", "-af", "-t", "0", check=False)
-        shutil.rmtree(self.runroot, ignore_errors=True)
+    return podman_driver.busybox_rootfs(tmp_path_factory.mktemp("busybox-rootfs"))
 
 
 @pytest.fixture
 def podman(node, busybox_rootfs):
-    runtime = Podman(node, busybox_rootfs)
+    netd = node.root / "net.d"
+    netd.mkdir()
+    config = conflist(1450, datastore="local", datastorePath=str(node.datastore_path),
+                      stateDir=str(node.state_dir), nodeName=node.name,
+                      socket=str(node.socket),
+                      ipam={"pools": [{"cidr": "10.246.0.0/16", "blockSize": 26}]})
+    config["name"] = "weft-test"
+    (netd / "weft-test.conflist").write_text(json.dumps(config))
+    runtime = podman_driver.Podman(node.name, node.root / "podman", netd,
+                                   [str(node.cni_bin), "/usr/lib/cni"], busybox_rootfs,
+                                   "weft-test")
     try:
         yield runtime
     finally:
-        runtime.cleanup()
+        runtime.remove_all()
 
 
 def _uplink_client(node) -> str:

@@ -1,0 +1,268 @@
+"""`weft lab up` and `weft lab down`: build a cluster of namespaces, and remove it whole.
+
+Everything stays inside the lab's own namespaces: nothing is linked to the
+machine's namespace or its interfaces. `down` finds what to remove from the
+names the plan gives and from the kernel itself (namespaces and the processes
+inside them), so it also cleans up after an `up` that failed halfway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from weft.agent.install import conflist, install_binaries, install_conflist
+from weft.cni.netns import entered, write_sysctl
+from weft.lab import netns, podman, topology
+from weft.lab.libcni import Runtime
+from weft.lab.state import LabState, lab_root, load
+
+Progress = Callable[[str], None]
+POD_PORT = 8080
+INTERNET_PORT = 8080
+SYSTEM_CNI_PATH = "/usr/lib/cni"
+
+
+class LabError(Exception):
+    """The lab could not be built or reached; the message says why."""
+
+
+def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
+       progress: Progress) -> LabState:
+    if load(name) is not None or any(topology.owned_by(name, n) for n in netns.listed(name)):
+        raise LabError(f"lab {name!r} already exists; run 'weft lab down --name {name}' first")
+    if runtime == "podman" and not podman.available():
+        raise LabError("--runtime podman needs podman, runc and busybox-static installed")
+    state = LabState(name, nodes, subnets, pods_per_node, runtime)
+    plan = state.plan
+    state.save()
+    try:
+        _build_network(state, plan, progress)
+        _start_agents(state, plan, progress)
+        _make_pods(state, plan, progress)
+    except BaseException:
+        progress("build failed: removing what was made")
+        down(name, lambda _msg: None)
+        raise
+    state.ready = True
+    state.save()
+    return state
+
+
+def _build_network(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
+    infra = [plan.internet, plan.router, *(s.switch for s in plan.subnets)]
+    progress(f"creating {len(infra)} infrastructure and {len(plan.nodes)} node namespaces")
+    for name in infra + [n.netns for n in plan.nodes]:
+        netns.create(name)
+    for subnet in plan.subnets:
+        with entered(netns.path(subnet.switch)), IPRoute() as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
+            # A switch only switches: keep the machine's bridge netfilter out of it.
+            with contextlib.suppress(FileNotFoundError):
+                write_sysctl("net/bridge/bridge-nf-call-iptables", "0")
+                write_sysctl("net/bridge/bridge-nf-call-ip6tables", "0")
+        _wire(plan.router, f"sw{subnet.index}", subnet.switch, "router", subnet.switch)
+        _address(plan.router, f"sw{subnet.index}", f"{subnet.gateway}/24")
+    progress("wiring the router and the internet")
+    _wire(plan.router, "inet0", plan.internet, "eth0")
+    _address(plan.router, "inet0", f"{plan.router_internet_address}/30")
+    _address(plan.internet, "eth0", f"{plan.internet_link_address}/30")
+    _address(plan.internet, "lo", f"{topology.INTERNET_ADDRESS}/32")
+    _sysctls(plan.router, {"net/ipv4/ip_forward": "1"})
+    _default_route(plan.internet, plan.router_internet_address)
+    for node in plan.nodes:
+        progress(f"wiring {node.name} ({node.address}) to switch {node.subnet.index}")
+        _wire(node.netns, "eth0", node.subnet.switch, f"n{node.index}", node.subnet.switch)
+        _address(node.netns, "eth0", f"{node.address}/24")
+        _default_route(node.netns, node.subnet.gateway)
+        _sysctls(node.netns, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+    state.processes["internet-echo"] = _spawn(
+        plan.internet, [sys.executable, "-m", "weft.lab.echo", "--name", "internet",
+                        "--port", str(INTERNET_PORT)], state.root / "internet-echo.log")
+    state.save()
+
+
+def _start_agents(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
+    install_binaries(state.bin_dir)
+    for node in plan.nodes:
+        progress(f"starting the agent on {node.name}")
+        directory = state.node_dir(node.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        state.processes[f"agent-{node.name}"] = _spawn(node.netns, [
+            sys.executable, "-m", "weft", "agent", "--node-name", node.name,
+            "--datastore", "local", "--datastore-path", str(state.datastore),
+            "--state-dir", str(directory / "state"), "--socket", str(directory / "cni.sock"),
+            "--default-pool", topology.POD_POOL], directory / "agent.log")
+        install_conflist(directory / "net.d", conflist(
+            1450, datastore="local", datastorePath=str(state.datastore),
+            stateDir=str(directory / "state"), nodeName=node.name,
+            socket=str(directory / "cni.sock")))
+    state.save()
+    deadline = time.monotonic() + 60
+    for node in plan.nodes:
+        sock = state.node_dir(node.name) / "cni.sock"
+        while not sock.exists():
+            if time.monotonic() > deadline or not alive(state.processes[f"agent-{node.name}"]):
+                log = state.node_dir(node.name) / "agent.log"
+                raise LabError(f"the agent on {node.name} did not start; see {log}")
+            time.sleep(0.05)
+
+
+def node_runtime(state: LabState, node: str) -> Runtime:
+    """The libcni runtime that makes pods on `node`, as kubelet would there."""
+    import json
+
+    directory = state.node_dir(node)
+    config = json.loads((directory / "net.d" / "10-weft.conflist").read_text())
+    return Runtime(config, [str(state.bin_dir), SYSTEM_CNI_PATH], directory / "cni-cache",
+                   prefix=netns.prefix_command(node))
+
+
+def node_podman(state: LabState, node: str) -> podman.Podman:
+    directory = state.node_dir(node)
+    return podman.Podman(node, directory / "podman", directory / "net.d",
+                         [str(state.bin_dir), SYSTEM_CNI_PATH], state.root / "rootfs", "weft")
+
+
+def _make_pods(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
+    if state.runtime == "podman":
+        podman.busybox_rootfs(state.root / "rootfs")
+    for i, pod in enumerate(plan.pods, 1):
+        progress(f"pod {i}/{len(plan.pods)}: {pod.name} on {pod.node}")
+        short = pod.name.removeprefix(f"{plan.name}-")
+        server = ["nc", "-ll", "-p", str(POD_PORT), "-e", "echo", short]
+        if state.runtime == "podman":
+            engine = node_podman(state, pod.node)
+            engine.run(pod.name, *server)
+            address = engine.ip(pod.name)
+        else:
+            netns.create(pod.netns)
+            result = node_runtime(state, pod.node).add(
+                pod.name, netns.path(pod.netns),
+                args={"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": short})
+            address = result["ips"][0]["address"].split("/")[0]
+            state.processes[f"server-{pod.name}"] = _spawn(
+                pod.netns, ["busybox", *server], state.root / "servers.log")
+        state.pods[pod.name] = {"node": pod.node, "ip": address}
+        state.save()
+
+
+def down(name: str, progress: Progress) -> None:
+    """Remove every namespace, process and file of lab `name`; idempotent."""
+    topology.check_name(name)
+    state = load(name)
+    if state is not None and state.runtime == "podman":
+        for node in state.plan.nodes:
+            if netns.exists(node.netns) and (state.node_dir(node.name) / "podman").exists():
+                progress(f"removing containers on {node.name}")
+                node_podman(state, node.name).remove_all()
+    namespaces = [n for n in netns.listed(name) if topology.owned_by(name, n)]
+    victims = _processes_in(namespaces)
+    if state is not None:
+        victims |= {pid for pid in state.processes.values() if alive(pid)}
+    if victims:
+        progress(f"stopping {len(victims)} processes")
+        _stop(victims)
+    if namespaces:
+        progress(f"removing {len(namespaces)} namespaces")
+    for ns in namespaces:
+        netns.remove(ns)
+    root = lab_root(name)
+    if root.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+
+
+def _wire(ns_a: str, if_a: str, ns_b: str, if_b: str, bridge_ns: str | None = None) -> None:
+    """A veth pair between two namespaces, both ends up; `if_b` joins br0 in `bridge_ns`."""
+    fd = os.open(netns.path(ns_b), os.O_RDONLY)
+    try:
+        with entered(netns.path(ns_a)), IPRoute() as ipr:
+            ipr.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": fd})
+            ipr.link("set", index=ipr.link_lookup(ifname=if_a)[0], state="up")
+    finally:
+        os.close(fd)
+    with entered(netns.path(ns_b)), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=if_b)[0]
+        if bridge_ns == ns_b:
+            ipr.link("set", index=index, master=ipr.link_lookup(ifname="br0")[0])
+        ipr.link("set", index=index, state="up")
+
+
+def _address(ns: str, ifname: str, cidr: str) -> None:
+    address, prefix = cidr.split("/")
+    with entered(netns.path(ns)), IPRoute() as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=address,
+                 prefixlen=int(prefix))
+
+
+def _default_route(ns: str, gateway: str) -> None:
+    with entered(netns.path(ns)), IPRoute() as ipr:
+        ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+
+def _sysctls(ns: str, values: dict[str, str]) -> None:
+    with entered(netns.path(ns)):
+        for key, value in values.items():
+            write_sysctl(key, value)
+
+
+def _spawn(ns: str, command: list[str], log: Path) -> int:
+    """A long-running process in `ns`, outliving this command; returns its pid."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = netns.popen(ns, command, stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of this process counts as gone.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
+
+
+def _processes_in(namespaces: list[str]) -> set[int]:
+    """Processes whose network namespace is one of `namespaces`."""
+    wanted = set()
+    for name in namespaces:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(netns.path(name))
+            wanted.add((st.st_dev, st.st_ino))
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{entry}/ns/net")
+            if (st.st_dev, st.st_ino) in wanted:
+                found.add(int(entry))
+    found.discard(os.getpid())
+    return found
+
+
+def _stop(pids: set[int], grace: float = 5) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
