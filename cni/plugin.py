@@ -33,7 +33,7 @@ def _require_weft_ipam(conf: NetConf) -> None:
 def add(conf: NetConf, args: CmdArgs) -> bytes:
     _require_weft_ipam(conf)
     allocator = ipam.ipam_for(conf)
-    allocations = ipam.assign(conf, args)
+    allocations = ipam.assign(allocator, args)
     addresses = [a.address for a in allocations]
     try:
         link = plumbing.attach(args.netns, args.ifname, host_ifname(args.container_id,

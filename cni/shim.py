@@ -10,8 +10,8 @@ Wire protocol on the unix socket, one request per connection:
            env is the CNI_* variables as b"NAME=VALUE" joined by NUL bytes.
   reply    b"<exit code>\\n" + stdout.
 
-This file is also written out verbatim as the installed binaries (see
-weft.agent.install), so it must stay stdlib-only and self-contained.
+The installed binaries import this file as byte code from a private directory
+(see weft.agent.install), so it must stay stdlib-only and self-contained.
 """
 
 import _socket
@@ -43,16 +43,22 @@ def decode_request(data: bytes) -> tuple:
 
 
 def socket_path(stdin: bytes) -> str:
-    """The config's `socket`, read without a JSON parser unless the key is there."""
-    if b'"socket"' not in stdin:
-        return DEFAULT_SOCKET
-    import json
+    """The config's `socket`, found without a JSON parser (importing json pulls in re).
 
-    try:
-        value = json.loads(stdin).get("socket", DEFAULT_SOCKET)
-    except Exception:
-        return ""  # let the in-process path report the broken config
-    return value if isinstance(value, str) else ""
+    Returns "" when the value is not a plain string, so that the in-process path
+    parses the config properly and reports what is wrong with it.
+    """
+    key = stdin.find(b'"socket"')
+    if key < 0:
+        return DEFAULT_SOCKET
+    rest = stdin[key + len(b'"socket"'):].lstrip()
+    if rest[:1] != b":":
+        return ""
+    rest = rest[1:].lstrip()
+    end = rest.find(b'"', 1)
+    if rest[:1] != b'"' or end < 0 or b"\\" in rest[:end]:
+        return ""
+    return rest[1:end].decode("utf-8", "replace")
 
 
 def ask_agent(path: str, request: bytes):
@@ -82,10 +88,10 @@ def ask_agent(path: str, request: bytes):
 
 
 def run_in_process(plugin: str, env, stdin: bytes):
-    if "site" not in sys.modules:  # installed binaries start with -S for speed
-        import site
+    if env.get("CNI_COMMAND") == "VERSION":  # needs no netlink: skip the heavy imports
+        from weft.cni.dispatch import version_answer
 
-        site.main()
+        return 0, version_answer(stdin)
     if plugin == "weft-ipam":
         from weft.ipam.plugin import run
     else:
@@ -99,11 +105,15 @@ def main(plugin: str = "weft") -> None:
     path = socket_path(stdin)
     answer = ask_agent(path, encode_request(plugin, env, stdin)) if path else None
     if answer is None:
+        if "site" not in sys.modules:  # installed binaries start with -S for speed
+            import site
+
+            site.main()
         answer = run_in_process(plugin, env, stdin)
     code, out = answer
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
-    sys.exit(code)
+    os._exit(code)  # nothing left to clean up: skip the interpreter's teardown
 
 
 def main_weft() -> None:
@@ -113,7 +123,3 @@ def main_weft() -> None:
 def main_ipam() -> None:
     main("weft-ipam")
 
-
-if __name__ == "__main__":
-    # Installed as /opt/cni/bin/weft and /opt/cni/bin/weft-ipam: the name is the plugin.
-    main("weft-ipam" if os.path.basename(sys.argv[0]) == "weft-ipam" else "weft")

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ class IPAM:
         for name in names:
             block = blocks[name]
             body = {"cidr": block.cidr, "pool": block.pool, "last": block.last,
-                    "allocations": [asdict(a) for a in block.allocations.values()]}
+                    "allocations": [vars(a) for a in block.allocations.values()]}
             fd, tmp = tempfile.mkstemp(dir=self.dir / "blocks", prefix=".tmp-")
             with os.fdopen(fd, "w") as out:
                 json.dump(body, out, indent=1)

@@ -104,9 +104,9 @@ def default_routes(allocations: list[Allocation]) -> list[dict]:
     return [{"dst": DEFAULT_ROUTE[f], "gw": GATEWAY[f]} for f in families]
 
 
-def assign(conf: NetConf, args: CmdArgs) -> list[Allocation]:
-    return ipam_for(conf).assign(args.handle, args.container_id, args.ifname,
-                                 args.pod_namespace, args.pod_name)
+def assign(allocator: IPAM, args: CmdArgs) -> list[Allocation]:
+    return allocator.assign(args.handle, args.container_id, args.ifname, args.pod_namespace,
+                            args.pod_name)
 
 
 def valid_handles(conf: NetConf) -> set[str]:
@@ -134,11 +134,12 @@ def check_status(conf: NetConf) -> None:
 
 
 def _add(conf: NetConf, args: CmdArgs) -> bytes:
-    allocations = assign(conf, args)
+    allocator = ipam_for(conf)
+    allocations = assign(allocator, args)
     if conf.type == "weft":
         ips, routes = ip_configs(allocations), default_routes(allocations)
     else:
-        ips = subnet_configs(ipam_for(conf), allocations)
+        ips = subnet_configs(allocator, allocations)
         routes = [{"dst": DEFAULT_ROUTE[netaddr.IPAddress(a.address).version]}
                   for a in allocations]
     return encode({"ips": ips, "routes": routes, "dns": {}}, conf.cni_version)

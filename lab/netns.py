@@ -76,6 +76,6 @@ def iproute(name: str) -> Iterator[IPRoute]:
 def link(name: str, ifname: str) -> dict[str, Any]:
     """An interface's attributes in namespace `name`: ifname, mtu, address, state."""
     with iproute(name) as ipr:
-        msg = ipr.get_links(ifname=ifname)[0]
+        msg = ipr.link("get", ifname=ifname)[0]
     return {"ifname": msg.get("ifname"), "mtu": msg.get("mtu"), "address": msg.get("address"),
             "state": msg.get("state"), "index": msg["index"]}

@@ -17,7 +17,10 @@ def test_request_round_trip_keeps_only_cni_variables():
 def test_socket_path_is_read_only_when_the_key_is_there():
     assert shim.socket_path(b'{"type": "weft"}') == shim.DEFAULT_SOCKET
     assert shim.socket_path(b'{"socket": "/tmp/x.sock"}') == "/tmp/x.sock"
+    assert shim.socket_path(b'{"ipam": {"socket" : "/run/a b.sock"}}') == "/run/a b.sock"
     assert shim.socket_path(b'{"socket": broken') == ""
+    assert shim.socket_path(b'{"socket": 7}') == ""
+    assert shim.socket_path(b'{"socket": "/tmp/\\u0078.sock"}') == ""
 
 
 def test_no_agent_means_none_and_a_dying_agent_means_try_again(tmp_path):
