@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from weft.agent.vxlan import CHECKSUM_SETTINGS
 from weft.cni.config import DEFAULT_DATASTORE_PATH, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from weft.ipam.pools import DEFAULT_POOL
 
@@ -14,11 +15,17 @@ from weft.ipam.pools import DEFAULT_POOL
 @dataclass(frozen=True)
 class AgentConfig:
     node_name: str
-    datastore: str
-    datastore_path: str
-    state_dir: str
-    socket: str
-    default_pool: str
+    datastore: str = "local"
+    datastore_path: str = DEFAULT_DATASTORE_PATH
+    state_dir: str = DEFAULT_STATE_DIR
+    socket: str = DEFAULT_SOCKET
+    default_pool: str = DEFAULT_POOL["cidr"]
+    underlay_interface: str = ""
+    node_ip: str = ""
+    vxlan_checksum_offload: str = "auto"
+    cni_conf_dir: str = ""
+    health_address: str = "0.0.0.0:9645"
+    resync_seconds: float = 10.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AgentConfig:
@@ -29,6 +36,12 @@ class AgentConfig:
             state_dir=args.state_dir,
             socket=args.socket,
             default_pool=args.default_pool,
+            underlay_interface=args.underlay_interface,
+            node_ip=args.node_ip,
+            vxlan_checksum_offload=args.vxlan_checksum_offload,
+            cni_conf_dir=args.cni_conf_dir,
+            health_address=args.health_address,
+            resync_seconds=args.resync_seconds,
         )
 
 
@@ -46,6 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-pool", default=env("WEFT_DEFAULT_POOL", DEFAULT_POOL["cidr"]),
                         help="create this IPv4 pool when no IPPool exists; 'none' creates none "
                              "(env WEFT_DEFAULT_POOL)")
+    parser.add_argument("--underlay-interface", default=env("WEFT_UNDERLAY_INTERFACE", ""),
+                        help="the node's underlay interface (default: the default route's)")
+    parser.add_argument("--node-ip", default=env("WEFT_NODE_IP", ""),
+                        help="the node's underlay IPv4 address (default: the underlay's first)")
+    parser.add_argument("--vxlan-checksum-offload", choices=CHECKSUM_SETTINGS,
+                        default=env("WEFT_VXLAN_CHECKSUM_OFFLOAD", "auto"),
+                        help="tx checksum offload on weft.vxlan: auto = on from kernel 5.7")
+    parser.add_argument("--cni-conf-dir", default=env("WEFT_CNI_CONF_DIR", ""),
+                        help="write 10-weft.conflist here once ready (e.g. /etc/cni/net.d)")
+    parser.add_argument("--health-address", default=env("WEFT_HEALTH_ADDRESS", "0.0.0.0:9645"),
+                        help="host:port for /healthz, /readyz and /metrics")
+    parser.add_argument("--resync-seconds", type=float,
+                        default=float(env("WEFT_RESYNC_SECONDS", "10")),
+                        help="full reconcile interval, besides reacting to changes")
 
 
 def add_datastore_path(parser: argparse.ArgumentParser) -> None:

@@ -1,57 +1,69 @@
-"""`weft agent`: the node daemon.
-
-It registers its node, makes sure a pool exists, and serves the CNI socket so
-that the per-pod executable stays a thin, fast shim.
-"""
+"""`weft agent` and `weft agent cleanup`."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
+from pathlib import Path
 
+from pyroute2 import IPRoute
+
+from weft.agent import metrics, nat, vxlan
 from weft.agent.cni_server import CNIServer
 from weft.agent.config import AgentConfig
-from weft.ipam.datastore import AlreadyExists, Datastore
+from weft.agent.dataplane import PROTO
+from weft.agent.install import CONFLIST_NAME
+from weft.agent.iptables import Iptables
+from weft.agent.node import NodeAgent
+from weft.agent.routes import VXLAN_DEVICE
 from weft.ipam.plugin import datastore
-from weft.ipam.pools import DEFAULT_POOL
 
 log = logging.getLogger(__name__)
 
 
-def ensure_node(store: Datastore, node: str) -> None:
-    """Register the node, as kubelet does in a cluster (local datastore only)."""
-    if store.get("Node", node) is None:
-        with contextlib.suppress(AlreadyExists):
-            store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
-
-
-def ensure_default_pool(store: Datastore, cidr: str) -> None:
-    """Create the default pool when the cluster has none, as Calico's node does."""
-    if cidr == "none" or store.list("IPPool"):
-        return
-    spec = {**DEFAULT_POOL, "cidr": cidr}
-    try:
-        store.create({"apiVersion": "weft.dev/v1", "kind": "IPPool",
-                      "metadata": {"name": "default"}, "spec": spec})
-        log.info("created the default IP pool %s", cidr)
-    except AlreadyExists:
-        pass
-
-
 def run(config: AgentConfig) -> int:
     store = datastore(config.datastore, config.datastore_path)
-    if config.datastore == "local":
-        ensure_node(store, config.node_name)
-    ensure_default_pool(store, config.default_pool)
-    server = CNIServer(config.socket)
+    agent = NodeAgent(config, store)
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        agent.wake()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    agent.start()
+    server = CNIServer(config.socket, agent.cni_runners(), agent.metrics.observe_cni)
     server.start()
+    http = metrics.serve(config.health_address, agent.metrics, lambda: agent.ready)
+    errors = agent.reconcile(full=True)
+    if errors:
+        log.warning("first reconcile had %d failures; retrying", len(errors))
+    agent.become_ready()
     log.info("weft agent ready on node %s", config.node_name)
-    stop.wait()
+    agent.run(stop)
     log.info("stopping: pods keep their network; routes stay in place")
     server.stop()
+    http.shutdown()
+    return 0
+
+
+def cleanup(config: AgentConfig) -> int:
+    """Remove what weft made on this node: routes, the tunnel, NAT chains, its config."""
+    with IPRoute() as ipr:
+        routes = ipr.get_routes(proto=PROTO, table=254)
+        for route in routes:
+            ipr.route("del", dst=f"{route.get('dst')}/{route['dst_len']}", proto=PROTO,
+                      table=254, type=route["type"], family=route["family"])
+        print(f"removed {len(routes)} routes of protocol {PROTO}")
+        if vxlan.remove(ipr):
+            print(f"removed {VXLAN_DEVICE}")
+    nat.remove(Iptables())
+    print(f"removed iptables chains {nat.NAT_CHAIN} and {nat.FORWARD_CHAIN}")
+    if config.cni_conf_dir:
+        path = Path(config.cni_conf_dir) / CONFLIST_NAME
+        if path.exists():
+            path.unlink()
+            print(f"removed {path}")
     return 0

@@ -25,7 +25,7 @@ Handler = Callable[[NetConf, CmdArgs], bytes]
 
 def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler]) -> tuple[int, bytes]:
     """Run one CNI command; returns (exit code, stdout)."""
-    version = _requested_version(stdin)
+    version = requested_version(stdin)
     try:
         command = env.get("CNI_COMMAND", "")
         if command == "VERSION":
@@ -57,7 +57,7 @@ def version_answer(stdin: bytes) -> bytes:
                        "supportedVersions": list(versions.SUPPORTED)}).encode() + b"\n"
 
 
-def _requested_version(stdin: bytes) -> str:
+def requested_version(stdin: bytes) -> str:
     """The version to answer errors in: the config's when weft speaks it."""
     try:
         asked = json.loads(stdin).get("cniVersion")

@@ -206,12 +206,15 @@ class IPAM:
         except DatastoreError as err:
             raise CNIError(DATASTORE, "failed to list IPAM blocks", str(err)) from err
         local = {b.cidr for b in blocks.values()}
+        # Pools may overlap (an inline pool beside the datastore's, another block size):
+        # a block is free only if no claimed block overlaps it.
+        claimed = netaddr.IPSet(existing)
         for pool in pools:
             for cidr in pool.blocks_from(start_index(self.node, pool)):
                 owner = existing.get(str(cidr), {}).get("spec", {}).get("node")
                 if owner == self.node and str(cidr) not in local:
                     return Block(str(cidr), pool.name)  # ours in the datastore: adopt it
-                if owner is not None:
+                if owner is not None or claimed & netaddr.IPSet([cidr]):
                     continue
                 try:
                     self.store.create(self._block_object(cidr, pool))

@@ -7,6 +7,7 @@ the same thing. `create` is exclusive: it is the lock behind block claims.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +69,13 @@ class Datastore(Protocol):
 
     def delete(self, kind: str, name: str, namespace: str = "") -> bool:
         """Delete (and the objects it owns); False when it was not there."""
+
+    def annotate(self, kind: str, name: str, annotations: dict[str, str],
+                 namespace: str = "") -> None:
+        """Merge annotations into an existing object (raise NotFound if it is not there)."""
+
+    def revision(self, kinds: Sequence[str]) -> str:
+        """A token that changes whenever an object of `kinds` changes: the watch."""
 
 
 def kind_of(obj: Object) -> Kind:

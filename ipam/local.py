@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from weft.ipam.datastore import (
     AlreadyExists,
     DatastoreError,
     Kind,
+    NotFound,
     Object,
     kind_of,
     name_of,
@@ -86,6 +88,30 @@ class LocalStore:
         self._delete_dependents(kind, name, uid)
         return True
 
+    def annotate(self, kind: str, name: str, annotations: dict[str, str],
+                 namespace: str = "") -> None:
+        current = self.get(kind, name, namespace)
+        if current is None:
+            raise NotFound(f"{kind} {name} does not exist")
+        meta = current.setdefault("metadata", {})
+        merged = {**(meta.get("annotations") or {}), **annotations}
+        if merged != meta.get("annotations"):
+            meta["annotations"] = merged
+            self.apply(current)
+
+    def revision(self, kinds: Sequence[str]) -> str:
+        """Names, sizes and modification times of the kinds' files: cheap to poll."""
+        parts = []
+        for kind in kinds:
+            base = self.root / KINDS[kind].plural
+            with contextlib.suppress(FileNotFoundError):
+                for path in sorted(base.rglob("*.yaml")):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = path.stat()
+                        parts.append(f"{path.relative_to(self.root)}:{st.st_size}:"
+                                     f"{st.st_mtime_ns}")
+        return "|".join(parts)
+
     def _delete_dependents(self, kind: str, name: str, uid: str | None) -> None:
         for dependent_kind in KINDS:
             for obj in self.list(dependent_kind):
@@ -121,7 +147,7 @@ class LocalStore:
 
     def _write_temp(self, path: Path, obj: Object) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # not *.yaml: unlisted
         with os.fdopen(fd, "w") as out:
             yaml.dump(obj, out, Dumper=_Dumper, sort_keys=False)
         return tmp

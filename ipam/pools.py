@@ -121,3 +121,14 @@ def start_index(node_name: str, pool: Pool) -> int:
 
 def find_pool(pools: list[Pool], address: netaddr.IPAddress) -> Pool | None:
     return next((p for p in pools if address in p.cidr), None)
+
+
+def pools_from_objects(objects: list[Mapping[str, Any]]) -> tuple[list[Pool], list[str]]:
+    """Parse IPPool objects; a broken one is reported, not fatal to the others."""
+    pools, problems = [], []
+    for obj in objects:
+        try:
+            pools.append(parse_pool(obj.get("spec") or {}, obj["metadata"]["name"]))
+        except PoolError as err:
+            problems.append(str(err))
+    return pools, problems

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from weft.agent.install import conflist, install_binaries, install_conflist
+from weft.agent.install import CONFLIST_NAME, install_binaries
 from weft.cni.netns import entered, write_sysctl
 from weft.lab import netns, podman, topology
 from weft.lab.libcni import Runtime
@@ -101,19 +101,18 @@ def _start_agents(state: LabState, plan: topology.LabPlan, progress: Progress) -
             sys.executable, "-m", "weft", "agent", "--node-name", node.name,
             "--datastore", "local", "--datastore-path", str(state.datastore),
             "--state-dir", str(directory / "state"), "--socket", str(directory / "cni.sock"),
-            "--default-pool", topology.POD_POOL], directory / "agent.log")
-        install_conflist(directory / "net.d", conflist(
-            1450, datastore="local", datastorePath=str(state.datastore),
-            stateDir=str(directory / "state"), nodeName=node.name,
-            socket=str(directory / "cni.sock")))
+            "--cni-conf-dir", str(directory / "net.d"), "--default-pool", topology.POD_POOL,
+            "--health-address", "127.0.0.1:9645", "--resync-seconds", "5"],
+            directory / "agent.log")
     state.save()
+    progress("waiting for every agent's first reconcile")
     deadline = time.monotonic() + 60
     for node in plan.nodes:
-        sock = state.node_dir(node.name) / "cni.sock"
-        while not sock.exists():
+        ready = state.node_dir(node.name) / "net.d" / CONFLIST_NAME  # written when ready
+        while not ready.exists():
             if time.monotonic() > deadline or not alive(state.processes[f"agent-{node.name}"]):
                 log = state.node_dir(node.name) / "agent.log"
-                raise LabError(f"the agent on {node.name} did not start; see {log}")
+                raise LabError(f"the agent on {node.name} did not become ready; see {log}")
             time.sleep(0.05)
 
 
@@ -122,7 +121,7 @@ def node_runtime(state: LabState, node: str) -> Runtime:
     import json
 
     directory = state.node_dir(node)
-    config = json.loads((directory / "net.d" / "10-weft.conflist").read_text())
+    config = json.loads((directory / "net.d" / CONFLIST_NAME).read_text())
     return Runtime(config, [str(state.bin_dir), SYSTEM_CNI_PATH], directory / "cni-cache",
                    prefix=netns.prefix_command(node))
 

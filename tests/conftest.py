@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,7 @@ class Node:
         self.agent = netns.popen(self.name, [
             sys.executable, "-m", "weft", "agent", "--node-name", self.name, "--datastore-path",
             str(self.datastore_path), "--state-dir", str(self.state_dir),
-            "--socket", str(self.socket), "--default-pool", "none"],
+            "--socket", str(self.socket)],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not self.socket.exists():
@@ -130,16 +131,18 @@ class Node:
                 self.agent.wait()
         self.agent = None
 
-    def links(self, prefix: str = "weft") -> list[str]:
-        """Interface names in the node starting with `prefix`."""
+    def links(self) -> list[str]:
+        """The pods' host-side veths in the node."""
         with netns.iproute(self.name) as ipr:
             names = [link.get("ifname") for link in ipr.get_links()]
-        return sorted(n for n in names if n.startswith(prefix))
+        return sorted(n for n in names if re.fullmatch(r"weft[0-9a-f]{11}", n))
 
     def allocations(self) -> list[dict[str, Any]]:
+        """Pod allocations (the agent's tunnel address is not one)."""
         found = []
         for path in (self.state_dir / "ipam" / "blocks").glob("*.json"):
-            found.extend(json.loads(path.read_text())["allocations"])
+            found.extend(a for a in json.loads(path.read_text())["allocations"]
+                         if a["container_id"])
         return found
 
     def cleanup(self) -> None:
@@ -155,7 +158,12 @@ def node(tmp_path: Path, cni_bin: Path) -> Iterator[Node]:
     netns.create(name)
     the_node = Node(name, tmp_path, cni_bin)
     try:
-        the_node.run("ip", "addr", "add", f"{NODE_ADDRESS}/32", "dev", "lo")
+        # An underlay with a default route, as a kind node has. Its gateway does not
+        # exist and its peer end is down: nothing leaves the namespace.
+        the_node.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        the_node.run("ip", "addr", "add", f"{NODE_ADDRESS}/24", "dev", "eth0")
+        the_node.run("ip", "link", "set", "eth0", "up")
+        the_node.run("ip", "route", "add", "default", "via", "172.31.255.254", "dev", "eth0")
         the_node.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         yield the_node
     finally:

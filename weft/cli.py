@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from weft.agent import config as agent_config
+from weft.agent.iptables import IptablesError
+from weft.agent.underlay import UnderlayError
 from weft.cni.errors import CNIError
 from weft.ipam.datastore import DatastoreError, name_of
 from weft.lab import cli as lab_cli
@@ -23,9 +25,10 @@ class UserError(Exception):
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from weft.agent.main import run
+    from weft.agent.main import cleanup, run
 
-    return run(agent_config.AgentConfig.from_args(args))
+    config = agent_config.AgentConfig.from_args(args)
+    return cleanup(config) if args.action == "cleanup" else run(config)
 
 
 def _cmd_ipam_show(args: argparse.Namespace) -> int:
@@ -92,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    agent = sub.add_parser("agent", help="run the node agent")
+    agent = sub.add_parser("agent", help="run the node agent (or: weft agent cleanup)")
+    agent.add_argument("action", nargs="?", choices=("run", "cleanup"), default="run",
+                       help="cleanup removes what weft made on this node")
     agent_config.add_arguments(agent)
     agent.set_defaults(func=_cmd_agent)
 
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(args.func(args))
-    except (UserError, DatastoreError, lab_cli.LabCommandError) as err:
+    except (UserError, DatastoreError, UnderlayError, IptablesError,
+            lab_cli.LabCommandError) as err:
         sys.exit(f"weft: {err}")
     except CNIError as err:
         sys.exit(f"weft: {err}")

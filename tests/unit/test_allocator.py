@@ -104,3 +104,14 @@ def test_nodes_racing_for_blocks_never_share_one(tmp_path):
     all_addresses = [a for _, got, _ in results for a in got]
     assert len(all_blocks) == len(set(all_blocks)) == 16
     assert len(all_addresses) == len(set(all_addresses)) == 16 * 15
+
+
+def test_blocks_of_overlapping_pools_never_overlap(tmp_path):
+    store = LocalStore(tmp_path / "ds")
+    big = IPAM(store, tmp_path / "a", "a", [parse_pool({"cidr": "10.9.0.0/24", "blockSize": 26})])
+    small = IPAM(store, tmp_path / "b", "b", [parse_pool({"cidr": "10.9.0.0/24",
+                                                          "blockSize": 28})])
+    big.assign("x/eth0", "x", "eth0")
+    small.assign("y/eth0", "y", "eth0")
+    (big_block,), (small_block,) = big.blocks(), small.blocks()
+    assert not netaddr.IPSet([big_block.cidr]) & netaddr.IPSet([small_block.cidr])

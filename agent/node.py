@@ -1,0 +1,227 @@
+"""The node agent's work: set the node up, then keep its routing level-triggered.
+
+Start: find the underlay, register and annotate the node, claim a first block and
+take the tunnel address from it, create or adopt weft.vxlan, reconcile once, and
+only then say ready (CNI STATUS, /readyz, the CNI config file kubelet waits for).
+Then: reconcile on every datastore change, on every deletion of one of weft's
+kernel entries, and every `resync` seconds. A restarted agent adopts what the
+kernel holds and changes only what differs; stopping it leaves everything up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from pyroute2 import IPRoute
+
+from weft.agent import nat, vxlan
+from weft.agent.cni_server import Runner, default_runners
+from weft.agent.config import AgentConfig
+from weft.agent.dataplane import PROTO, Dataplane, LinuxDataplane
+from weft.agent.install import conflist, install_conflist
+from weft.agent.iptables import Applier, Iptables
+from weft.agent.metrics import Metrics
+from weft.agent.routes import (
+    ANNOTATION_NODE_IP,
+    ANNOTATION_VTEP_IP,
+    ANNOTATION_VTEP_MAC,
+    VXLAN_DEVICE,
+    Local,
+    desired,
+    diff,
+    peers_from_nodes,
+)
+from weft.agent.underlay import Underlay, discover
+from weft.cni.dispatch import requested_version
+from weft.cni.errors import NOT_AVAILABLE, CNIError
+from weft.ipam.allocator import IPAM, TUNNEL_HANDLE
+from weft.ipam.datastore import AlreadyExists, Datastore
+from weft.ipam.pools import DEFAULT_POOL, pools_from_objects
+
+log = logging.getLogger(__name__)
+
+WATCHED = ("IPAMBlock", "Node", "IPPool")
+RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x40
+
+
+class NodeAgent:
+    def __init__(self, config: AgentConfig, store: Datastore,
+                 dataplane: Dataplane | None = None, iptables: Applier | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.ipr = IPRoute()
+        self.dataplane = dataplane or LinuxDataplane(self.ipr)
+        self.iptables = iptables or Iptables()
+        self.metrics = Metrics()
+        self.ipam = IPAM(store, config.state_dir, config.node_name)
+        self.ready = False
+        self.underlay: Underlay | None = None
+        self.local: Local | None = None
+        self._wake = threading.Event()
+        self._applied_nat: dict | None = None
+
+    # -- start ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.underlay = discover(self.ipr, self.config.underlay_interface, self.config.node_ip)
+        u = self.underlay
+        self.local = Local(self.config.node_name, u.address, u.prefixlen, u.device)
+        log.info("node %s: underlay %s %s/%d, MTU %d", self.config.node_name, u.device,
+                 u.address, u.prefixlen, u.mtu)
+        if self.config.datastore == "local":
+            self._register_node()
+        self._ensure_default_pool()
+        tunnel_ip = self._tunnel_address()
+        offload = vxlan.checksum_offload(self.config.vxlan_checksum_offload)
+        vtep_mac = vxlan.ensure(self.ipr, u, tunnel_ip, offload)
+        self.store.annotate("Node", self.config.node_name, {
+            ANNOTATION_NODE_IP: u.address, ANNOTATION_VTEP_IP: tunnel_ip,
+            ANNOTATION_VTEP_MAC: vtep_mac})
+        log.info("tunnel %s: %s, %s", VXLAN_DEVICE, tunnel_ip, vtep_mac)
+
+    def become_ready(self) -> None:
+        """The first full reconcile is done: tell kubelet (config file) and probes."""
+        if self.config.cni_conf_dir:
+            assert self.underlay is not None
+            path = install_conflist(self.config.cni_conf_dir, conflist(
+                self.underlay.mtu - vxlan.OVERHEAD, datastore=self.config.datastore,
+                datastorePath=self.config.datastore_path, stateDir=self.config.state_dir,
+                nodeName=self.config.node_name, socket=self.config.socket))
+            log.info("wrote %s", path)
+        self.ready = True
+
+    def _register_node(self) -> None:
+        """With the local datastore the agent registers its node, as kubelet would."""
+        if self.store.get("Node", self.config.node_name) is None:
+            with contextlib.suppress(AlreadyExists):
+                self.store.create({"apiVersion": "v1", "kind": "Node",
+                                   "metadata": {"name": self.config.node_name}})
+
+    def _ensure_default_pool(self) -> None:
+        cidr = self.config.default_pool
+        if cidr == "none" or self.store.list("IPPool"):
+            return
+        try:
+            self.store.create({"apiVersion": "weft.dev/v1", "kind": "IPPool",
+                               "metadata": {"name": "default"},
+                               "spec": {**DEFAULT_POOL, "cidr": cidr}})
+            log.info("created the default IP pool %s", cidr)
+        except AlreadyExists:
+            pass
+
+    def _tunnel_address(self) -> str:
+        """From the node's own block, under a handle no pod can hold."""
+        held = self.ipam.lookup(TUNNEL_HANDLE) or self.ipam.assign(TUNNEL_HANDLE)
+        v4 = [a.address for a in held if ":" not in a.address]
+        if not v4:
+            raise RuntimeError("no IPv4 pool to take the VXLAN tunnel address from")
+        return v4[0]
+
+    # -- reconcile ----------------------------------------------------------------
+
+    def reconcile(self, full: bool = False) -> list[str]:
+        """Make routes, tunnel entries and NAT match the datastore; returns failures."""
+        assert self.local is not None and self.underlay is not None
+        started = time.monotonic()
+        pools, problems = pools_from_objects(self.store.list("IPPool"))
+        for problem in problems:
+            log.warning("ignoring a broken IPPool: %s", problem)
+        blocks = self.store.list("IPAMBlock")
+        peers = peers_from_nodes(self.store.list("Node"))
+        peers.pop(self.local.name, None)
+        if full:
+            vxlan.ensure(self.ipr, self.underlay, self._tunnel_address(),
+                         vxlan.checksum_offload(self.config.vxlan_checksum_offload))
+        want = desired(self.local, blocks, peers, pools)
+        change = diff(want, self.dataplane.current())
+        errors = self.dataplane.apply(change) if change else []
+        if change:
+            log.info("reconciled: +%d/-%d routes, +%d/-%d neighbours, +%d/-%d fdb",
+                     len(change.add_routes), len(change.del_routes),
+                     len(change.add_neighbours), len(change.del_neighbours),
+                     len(change.add_fdb), len(change.del_fdb))
+        rendered = nat.render(pools)
+        if full or rendered != self._applied_nat:
+            try:
+                nat.apply(self.iptables, pools)
+                self._applied_nat = rendered
+            except Exception as err:  # reported, retried on the next pass
+                errors.append(f"failed to apply NAT rules: {err}")
+        for error in errors:
+            log.error("%s", error)
+        self._record(want, errors, time.monotonic() - started)
+        return errors
+
+    def _record(self, want, errors: list[str], seconds: float) -> None:
+        self.metrics.reconcile_seconds.observe(seconds)
+        self.metrics.reconcile_errors.inc(len(errors))
+        for kind in ("blackhole", "direct", "vxlan"):
+            self.metrics.routes.labels(kind).set(
+                sum(1 for r in want.routes.values() if r.kind == kind))
+        blocks = self.ipam.blocks()
+        self.metrics.blocks.set(len(blocks))
+        self.metrics.allocations.set(sum(len(b.allocations) for b in blocks))
+
+    # -- watching -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Reconcile on changes and every resync interval until `stop` is set."""
+        threading.Thread(target=self._watch_store, args=(stop,), name="watch-store",
+                         daemon=True).start()
+        threading.Thread(target=self._watch_kernel, name="watch-kernel", daemon=True).start()
+        last_full = time.monotonic()
+        while not stop.is_set():
+            self._wake.wait(timeout=self.config.resync_seconds)
+            self._wake.clear()
+            if stop.is_set():
+                break
+            full = time.monotonic() - last_full >= self.config.resync_seconds
+            try:
+                self.reconcile(full=full)
+            except Exception:
+                log.exception("reconcile failed; retrying at the next change or resync")
+            if full:
+                last_full = time.monotonic()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _watch_store(self, stop: threading.Event) -> None:
+        seen = self.store.revision(WATCHED)
+        while not stop.wait(0.2):
+            try:
+                now = self.store.revision(WATCHED)
+            except Exception:
+                log.exception("failed to read the datastore's revision")
+                continue
+            if now != seen:
+                seen = now
+                self.wake()
+
+    def _watch_kernel(self) -> None:
+        """Someone deleted one of weft's routes, neighbours or its tunnel: put it back."""
+        with IPRoute() as events:
+            events.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
+            while True:
+                for msg in events.get():
+                    event = msg.get("event")
+                    if (event == "RTM_DELROUTE" and msg.get("proto") == PROTO) or \
+                            event == "RTM_DELNEIGH" or \
+                            (event == "RTM_DELLINK" and msg.get("ifname") == VXLAN_DEVICE):
+                        self.wake()
+
+    def cni_runners(self) -> Mapping[str, Runner]:
+        """The CNI runners, with STATUS answering 'not available' until ready."""
+        def gated(run: Runner) -> Runner:
+            def runner(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+                if env.get("CNI_COMMAND") == "STATUS" and not self.ready:
+                    error = CNIError(NOT_AVAILABLE, "the weft agent is starting",
+                                     "its first reconcile of routes is not done yet")
+                    return 1, error.to_json(requested_version(stdin))
+                return run(env, stdin)
+            return runner
+        return {name: gated(run) for name, run in default_runners().items()}
