@@ -79,6 +79,7 @@ def _build_network(state: LabState, plan: topology.LabPlan, progress: Progress) 
     _address(plan.internet, "lo", f"{topology.INTERNET_ADDRESS}/32")
     _sysctls(plan.router, {"net/ipv4/ip_forward": "1"})
     _default_route(plan.internet, plan.router_internet_address)
+    _route(plan.router, f"{topology.INTERNET_ADDRESS}/32", plan.internet_link_address)
     for node in plan.nodes:
         progress(f"wiring {node.name} ({node.address}) to switch {node.subnet.index}")
         _wire(node.netns, "eth0", node.subnet.switch, f"n{node.index}", node.subnet.switch)
@@ -204,8 +205,12 @@ def _address(ns: str, ifname: str, cidr: str) -> None:
 
 
 def _default_route(ns: str, gateway: str) -> None:
+    _route(ns, "0.0.0.0/0", gateway)
+
+
+def _route(ns: str, dst: str, gateway: str) -> None:
     with entered(netns.path(ns)), IPRoute() as ipr:
-        ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+        ipr.route("add", dst=dst, gateway=gateway)
 
 
 def _sysctls(ns: str, values: dict[str, str]) -> None:
