@@ -21,6 +21,8 @@ from pyroute2 import IPRoute
 
 from weft.agent.install import CONFLIST_NAME, install_binaries
 from weft.cni.netns import entered, write_sysctl
+from weft.ipam.local import LocalStore
+from weft.ipam.pools import DEFAULT_POOL
 from weft.lab import netns, podman, topology
 from weft.lab.libcni import Runtime
 from weft.lab.state import LabState, lab_root, load
@@ -36,7 +38,7 @@ class LabError(Exception):
 
 
 def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
-       progress: Progress) -> LabState:
+       progress: Progress, vxlan_mode: str = "CrossSubnet") -> LabState:
     if load(name) is not None or any(topology.owned_by(name, n) for n in netns.listed(name)):
         raise LabError(f"lab {name!r} already exists; run 'weft lab down --name {name}' first")
     if runtime == "podman" and not podman.available():
@@ -46,7 +48,7 @@ def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
     state.save()
     try:
         _build_network(state, plan, progress)
-        _start_agents(state, plan, progress)
+        _start_agents(state, plan, vxlan_mode, progress)
         _make_pods(state, plan, progress)
     except BaseException:
         progress("build failed: removing what was made")
@@ -92,29 +94,75 @@ def _build_network(state: LabState, plan: topology.LabPlan, progress: Progress) 
     state.save()
 
 
-def _start_agents(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
-    install_binaries(state.bin_dir)
-    for node in plan.nodes:
-        progress(f"starting the agent on {node.name}")
-        directory = state.node_dir(node.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        state.processes[f"agent-{node.name}"] = _spawn(node.netns, [
-            sys.executable, "-m", "weft", "agent", "--node-name", node.name,
+def _agent_command(state: LabState, node: str) -> list[str]:
+    directory = state.node_dir(node)
+    return [sys.executable, "-m", "weft", "agent", "--node-name", node,
             "--datastore", "local", "--datastore-path", str(state.datastore),
             "--state-dir", str(directory / "state"), "--socket", str(directory / "cni.sock"),
             "--cni-conf-dir", str(directory / "net.d"), "--default-pool", topology.POD_POOL,
-            "--health-address", "127.0.0.1:9645", "--resync-seconds", "5"],
-            directory / "agent.log")
+            "--health-address", "127.0.0.1:9645", "--resync-seconds", "5"]
+
+
+def _start_agents(state: LabState, plan: topology.LabPlan, vxlan_mode: str,
+                  progress: Progress) -> None:
+    install_binaries(state.bin_dir)
+    LocalStore(state.datastore).create({
+        "apiVersion": "weft.dev/v1", "kind": "IPPool", "metadata": {"name": "default"},
+        "spec": {**DEFAULT_POOL, "cidr": topology.POD_POOL, "vxlanMode": vxlan_mode}})
+    for node in plan.nodes:
+        progress(f"starting the agent on {node.name}")
+        state.node_dir(node.name).mkdir(parents=True, exist_ok=True)
+        state.processes[f"agent-{node.name}"] = _spawn(
+            node.netns, _agent_command(state, node.name),
+            state.node_dir(node.name) / "agent.log")
     state.save()
     progress("waiting for every agent's first reconcile")
-    deadline = time.monotonic() + 60
     for node in plan.nodes:
-        ready = state.node_dir(node.name) / "net.d" / CONFLIST_NAME  # written when ready
-        while not ready.exists():
-            if time.monotonic() > deadline or not alive(state.processes[f"agent-{node.name}"]):
-                log = state.node_dir(node.name) / "agent.log"
-                raise LabError(f"the agent on {node.name} did not become ready; see {log}")
-            time.sleep(0.05)
+        wait_for_agent(state, node.name)
+
+
+def wait_for_agent(state: LabState, node: str, timeout: float = 60) -> None:
+    """An agent writes its CNI config once its first reconcile is done."""
+    ready = state.node_dir(node) / "net.d" / CONFLIST_NAME
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if time.monotonic() > deadline or not alive(state.processes[f"agent-{node}"]):
+            log = state.node_dir(node) / "agent.log"
+            raise LabError(f"the agent on {node} did not become ready; see {log}")
+        time.sleep(0.05)
+
+
+def restart_agent(state: LabState, node: str, sig: int = signal.SIGKILL) -> None:
+    """Stop a node's agent with `sig` and start it again (its CNI config stays)."""
+    pid = state.processes[f"agent-{node}"]
+    _stop({pid}, sig=sig)
+    (state.node_dir(node) / "net.d" / CONFLIST_NAME).unlink(missing_ok=True)
+    state.processes[f"agent-{node}"] = _spawn(node, _agent_command(state, node),
+                                              state.node_dir(node) / "agent.log")
+    state.save()
+    wait_for_agent(state, node)
+
+
+def remove_node(state: LabState, node: str, progress: Progress) -> None:
+    """Take a node out: its pods, its agent, its Node object (and so its blocks)."""
+    if node not in {n.name for n in state.plan.nodes} or not netns.exists(node):
+        raise LabError(f"lab {state.name!r} has no node {node!r}")
+    pods = [p for p, info in state.pods.items() if info["node"] == node]
+    progress(f"deleting {len(pods)} pods on {node}")
+    for pod in pods:
+        if state.runtime == "podman":
+            node_podman(state, node)("rm", "-f", "-t", "0", pod)
+        else:
+            node_runtime(state, node).delete(pod, netns.path(pod))
+            _stop({state.processes.pop(f"server-{pod}")})
+            netns.remove(pod)
+        del state.pods[pod]
+    progress(f"stopping the agent on {node} and deleting its Node object")
+    _stop({state.processes.pop(f"agent-{node}")})
+    LocalStore(state.datastore).delete("Node", node)
+    netns.remove(node)
+    state.removed_nodes.append(node)
+    state.save()
 
 
 def node_runtime(state: LabState, node: str) -> Runtime:
@@ -161,7 +209,7 @@ def down(name: str, progress: Progress) -> None:
     topology.check_name(name)
     state = load(name)
     if state is not None and state.runtime == "podman":
-        for node in state.plan.nodes:
+        for node in state.nodes_present:
             if netns.exists(node.netns) and (state.node_dir(node.name) / "podman").exists():
                 progress(f"removing containers on {node.name}")
                 node_podman(state, node.name).remove_all()
@@ -229,15 +277,15 @@ def _spawn(ns: str, command: list[str], log: Path) -> int:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of this process counts as gone.
+    """Running, and not a zombie (whose parent, maybe not this process, has not reaped it)."""
     with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    return True
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _processes_in(namespaces: list[str]) -> set[int]:
@@ -259,10 +307,10 @@ def _processes_in(namespaces: list[str]) -> set[int]:
     return found
 
 
-def _stop(pids: set[int], grace: float = 5) -> None:
+def _stop(pids: set[int], grace: float = 5, sig: int = signal.SIGTERM) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)

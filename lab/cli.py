@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from weft.ipam.pools import VXLAN_MODES
 from weft.lab import build, matrix, status, topology
 from weft.lab.state import LabState, load
 
@@ -31,11 +32,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--pods-per-node", type=int, default=2, help="pods per node (default: 2)")
     up.add_argument("--runtime", choices=("netns", "podman"), default="netns",
                     help="bare namespaces, or busybox containers through podman")
+    up.add_argument("--vxlan-mode", choices=VXLAN_MODES, default="CrossSubnet",
+                    help="the default pool's vxlanMode (default: CrossSubnet)")
     command("test", _test, "run the connectivity matrix; exit 0 only if all passes")
     command("status", _status, "print nodes, blocks, pods and routes")
     exec_cmd = command("exec", _exec, "run a command in a pod: weft lab exec POD -- CMD")
     exec_cmd.add_argument("pod", help="pod name, with or without the lab's prefix")
     exec_cmd.add_argument("cmd", nargs=argparse.REMAINDER, help="the command")
+    remove = command("remove-node", _remove_node, "take a node and its pods out of the lab")
+    remove.add_argument("node", help="node name, with or without the lab's prefix")
     command("down", _down, "remove the lab and everything it made")
 
 
@@ -60,7 +65,7 @@ def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         state = build.up(args.name, args.nodes, args.subnets, args.pods_per_node,
-                         args.runtime, _progress)
+                         args.runtime, _progress, args.vxlan_mode)
     except build.LabError as err:
         raise LabCommandError(str(err)) from err
     print(f"lab {args.name!r} is up in {time.monotonic() - started:.1f}s: "
@@ -94,6 +99,17 @@ def _exec(args: argparse.Namespace) -> int:
     prefix = matrix.exec_prefix(state, pod)
     os.execvp(prefix[0], [*prefix, *command])
     return 127  # not reached
+
+
+def _remove_node(args: argparse.Namespace) -> int:
+    state = _loaded(args.name)
+    node = args.node if args.node.startswith(f"{args.name}-") else f"{args.name}-{args.node}"
+    try:
+        build.remove_node(state, node, _progress)
+    except build.LabError as err:
+        raise LabCommandError(str(err)) from err
+    print(f"{node} removed; its blocks are released")
+    return 0
 
 
 def _down(args: argparse.Namespace) -> int:

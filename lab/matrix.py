@@ -37,7 +37,7 @@ def run(state: LabState, workers: int = 8) -> list[Check]:
                             _ping(s, t, ip, p))
                 jobs.append(lambda s=source, t=target, ip=target_info["ip"], p=prefix:
                             _tcp_pod(state, s, t, ip, p))
-        for node in plan.nodes:
+        for node in state.nodes_present:
             jobs.append(lambda s=source, n=node, p=prefix: _ping(s, n.name, n.address, p))
         node_ip = plan.node(info["node"]).address
         jobs.append(lambda s=source, ip=node_ip, p=prefix: _internet(s, ip, p))
@@ -48,9 +48,9 @@ def run(state: LabState, workers: int = 8) -> list[Check]:
 def report(state: LabState, checks: list[Check]) -> str:
     """The matrix (one row per source pod), failures spelled out, and a summary line."""
     short = {name: name.removeprefix(f"{state.name}-") for name in
-             [*state.pods, *(n.name for n in state.plan.nodes)]}
+             [*state.pods, *(n.name for n in state.nodes_present)]}
     short["internet"] = "internet"
-    targets = [*state.pods, *(n.name for n in state.plan.nodes), "internet"]
+    targets = [*state.pods, *(n.name for n in state.nodes_present), "internet"]
     by_pair: dict[tuple[str, str], list[Check]] = {}
     for check in checks:
         by_pair.setdefault((check.source, check.target), []).append(check)

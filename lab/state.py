@@ -25,7 +25,12 @@ class LabState:
     runtime: str = "netns"
     pods: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
+    removed_nodes: list[str] = field(default_factory=list)
     ready: bool = False
+
+    @property
+    def nodes_present(self) -> list[topology.NodePlan]:
+        return [n for n in self.plan.nodes if n.name not in self.removed_nodes]
 
     @property
     def plan(self) -> topology.LabPlan:

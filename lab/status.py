@@ -15,7 +15,7 @@ from weft.table import render
 def show(state: LabState) -> str:
     plan = state.plan
     node_rows = []
-    for node in plan.nodes:
+    for node in state.nodes_present:
         pid = state.processes.get(f"agent-{node.name}")
         agent = f"running ({pid})" if pid and alive(pid) else "stopped"
         pods = sum(1 for p in state.pods.values() if p["node"] == node.name)
@@ -25,7 +25,7 @@ def show(state: LabState) -> str:
                         for b in store.list("IPAMBlock"))
     pod_rows = [(name, info["ip"], info["node"]) for name, info in state.pods.items()]
     route_rows = []
-    for node in plan.nodes:
+    for node in state.nodes_present:
         if not netns.exists(node.netns):
             continue
         with entered(netns.path(node.netns)), IPRoute() as ipr:
@@ -41,7 +41,7 @@ def show(state: LabState) -> str:
                 via = route.get("gateway") or "-"
                 route_rows.append((node.name, f"{dst}/{route['dst_len']}", kind, via,
                                    names.get(route.get("oif"), "-")))
-    return (f"lab {state.name}: {len(plan.nodes)} nodes, {len(plan.subnets)} subnets, "
+    return (f"lab {state.name}: {len(state.nodes_present)} nodes, {len(plan.subnets)} subnets, "
             f"runtime {state.runtime}, {'ready' if state.ready else 'NOT READY'}\n\n"
             "NODES\n" + render(("node", "address", "subnet", "agent", "pods"), node_rows)
             + "\nBLOCKS\n" + render(("cidr", "node", "pool"), block_rows)
