@@ -50,6 +50,8 @@ def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
         _build_network(state, plan, progress)
         _start_agents(state, plan, vxlan_mode, progress)
         _make_pods(state, plan, progress)
+        progress("waiting for every node to route every block")
+        wait_converged(state)
     except BaseException:
         progress("build failed: removing what was made")
         down(name, lambda _msg: None)
@@ -130,6 +132,27 @@ def wait_for_agent(state: LabState, node: str, timeout: float = 60) -> None:
             log = state.node_dir(node) / "agent.log"
             raise LabError(f"the agent on {node} did not become ready; see {log}")
         time.sleep(0.05)
+
+
+def wait_converged(state: LabState, timeout: float = 30) -> None:
+    """Until every node holds a route for every block in the datastore."""
+    from weft.agent.dataplane import LinuxDataplane
+
+    store = LocalStore(state.datastore)
+    deadline = time.monotonic() + timeout
+    while True:
+        blocks = {b["spec"]["cidr"] for b in store.list("IPAMBlock")}
+        missing = {}
+        for node in state.nodes_present:
+            with netns.iproute(node.netns) as ipr:
+                held = set(LinuxDataplane(ipr).current().routes)
+            if blocks - held:
+                missing[node.name] = sorted(blocks - held)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"routes did not converge in {timeout:.0f}s: missing {missing}")
+        time.sleep(0.1)
 
 
 def restart_agent(state: LabState, node: str, sig: int = signal.SIGKILL) -> None:
