@@ -22,15 +22,22 @@ class IptablesError(Exception):
 
 @dataclass(frozen=True)
 class Jump:
-    """A rule in a built-in chain that sends traffic to one of weft's chains."""
+    """A rule in a built-in chain that sends traffic to one of weft's chains.
+
+    `first` jumps are inserted at the top (they must see traffic before anyone
+    accepts it); the others are appended (they accept what nobody refused).
+    """
 
     table: str
     chain: str
     target: str
     comment: str
+    match: str = ""
+    first: bool = True
 
     def spec(self) -> list[str]:
-        return ["-m", "comment", "--comment", self.comment, "-j", self.target]
+        return [*self.match.split(), "-m", "comment", "--comment", self.comment,
+                "-j", self.target]
 
 
 def restore_text(table: str, chains: dict[str, Sequence[str]],
@@ -71,11 +78,12 @@ class Iptables:
             raise IptablesError(_restore_failure(proc.stderr.decode(errors="replace"), text))
 
     def ensure_jump(self, jump: Jump) -> bool:
-        """Insert the jump at the top of its chain unless it is there; True if inserted."""
+        """Add the jump (at the top, or the end) unless it is there; True if added."""
         check = self._run("-t", jump.table, "-C", jump.chain, *jump.spec())
         if check.returncode == 0:
             return False
-        insert = self._run("-t", jump.table, "-I", jump.chain, "1", *jump.spec())
+        where = ["-I", jump.chain, "1"] if jump.first else ["-A", jump.chain]
+        insert = self._run("-t", jump.table, *where, *jump.spec())
         if insert.returncode != 0:
             raise IptablesError(f"failed to add {jump.chain} -> {jump.target} in "
                                 f"{jump.table}: {insert.stderr.decode().strip()}")
@@ -146,7 +154,10 @@ class FakeIptables:
         rule = f"-A {jump.chain} " + " ".join(_quote(jump.spec()))
         if rule in rules:
             return False
-        rules.insert(0, rule)
+        if jump.first:
+            rules.insert(0, rule)
+        else:
+            rules.append(rule)
         return True
 
     def remove_jump(self, jump: Jump) -> bool:

@@ -36,7 +36,7 @@ def run(config: AgentConfig) -> int:
     agent.start()
     server = CNIServer(config.socket, agent.cni_runners(), agent.metrics.observe_cni)
     server.start()
-    http = metrics.serve(config.health_address, agent.metrics, lambda: agent.ready)
+    http = metrics.serve(config.health_address, agent.metrics.registry, lambda: agent.ready)
     errors = agent.reconcile(full=True)
     if errors:
         log.warning("first reconcile had %d failures; retrying", len(errors))

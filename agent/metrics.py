@@ -40,7 +40,8 @@ class Metrics:
         self.cni_latency.labels(command).observe(seconds)
 
 
-def serve(address: str, metrics: Metrics, ready: Callable[[], bool]) -> ThreadingHTTPServer:
+def serve(address: str, registry: CollectorRegistry,
+          ready: Callable[[], bool]) -> ThreadingHTTPServer:
     """Start the HTTP endpoints on host:port in a background thread."""
     host, _, port = address.rpartition(":")
 
@@ -53,7 +54,7 @@ def serve(address: str, metrics: Metrics, ready: Callable[[], bool]) -> Threadin
                 self._send(200 if is_ready else 503, b"ready\n" if is_ready else
                            b"not ready: first reconcile not done\n")
             elif self.path == "/metrics":
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b"not found\n")
 

@@ -1,8 +1,11 @@
 """NAT outgoing and forwarding for pool traffic, as iptables rules.
 
-  nat    POSTROUTING -> WEFT-POSTROUTING: traffic to any pool is left alone;
+  nat    POSTROUTING -> WEFT-POSTROUTING: what the service proxy marked in
+         WEFT-MARK-MASQ is masqueraded; other traffic to any pool is left alone;
          traffic from a natOutgoing pool to anything else is masqueraded to the
-         node's address (pod-to-pod traffic is never NATed).
+         node's address (pod-to-pod traffic is never NATed). The chain is the
+         agent's alone: iptables-restore flushes a chain it writes, so two
+         programs cannot share one.
   filter FORWARD     -> WEFT-FORWARD: accept traffic from and to the pools, so a
          node whose FORWARD policy is DROP (Docker's) still forwards pods.
 """
@@ -14,16 +17,19 @@ from weft.ipam.pools import Pool
 
 NAT_CHAIN = "WEFT-POSTROUTING"
 FORWARD_CHAIN = "WEFT-FORWARD"
+MASQ_MARK = "0x4000"
 JUMPS = (Jump("nat", "POSTROUTING", NAT_CHAIN, "weft: nat outgoing"),
-         Jump("filter", "FORWARD", FORWARD_CHAIN, "weft: pool traffic"))
+         Jump("filter", "FORWARD", FORWARD_CHAIN, "weft: pool traffic", first=False))
 
 
 def render(pools: list[Pool], family: int = 4) -> dict[str, dict[str, list[str]]]:
     """{table: {chain: rules}} for the pools of one address family."""
     mine = [p for p in pools if p.family == family and not p.disabled]
     everything = [p for p in pools if p.family == family]
-    nat = [f"-A {NAT_CHAIN} -d {p.cidr} -m comment --comment \"weft: to pool {p.name}\" "
-           "-j RETURN" for p in everything]
+    nat = [f"-A {NAT_CHAIN} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -m comment --comment "
+           '"weft: service traffic marked for masquerade" -j MASQUERADE --random-fully']
+    nat += [f"-A {NAT_CHAIN} -d {p.cidr} -m comment --comment \"weft: to pool {p.name}\" "
+            "-j RETURN" for p in everything]
     nat += [f"-A {NAT_CHAIN} -s {p.cidr} -m comment --comment \"weft: nat outgoing from "
             f"{p.name}\" -j MASQUERADE --random-fully" for p in mine if p.nat_outgoing]
     forward = [f"-A {FORWARD_CHAIN} -s {p.cidr} -j ACCEPT" for p in everything]

@@ -23,12 +23,11 @@ from weft.agent.install import CONFLIST_NAME, install_binaries
 from weft.cni.netns import entered, write_sysctl
 from weft.ipam.local import LocalStore
 from weft.ipam.pools import DEFAULT_POOL
-from weft.lab import netns, podman, topology
+from weft.lab import netns, podman, services, topology
 from weft.lab.libcni import Runtime
 from weft.lab.state import LabState, lab_root, load
 
 Progress = Callable[[str], None]
-POD_PORT = 8080
 INTERNET_PORT = 8080
 SYSTEM_CNI_PATH = "/usr/lib/cni"
 
@@ -50,8 +49,11 @@ def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
         _build_network(state, plan, progress)
         _start_agents(state, plan, vxlan_mode, progress)
         _make_pods(state, plan, progress)
-        progress("waiting for every node to route every block")
+        _start_proxies(state, progress)
+        apply_services(state)
+        progress("waiting for every node to route every block and proxy the echo Service")
         wait_converged(state)
+        wait_for_service(state, services.CLUSTER_IP)
     except BaseException:
         progress("build failed: removing what was made")
         down(name, lambda _msg: None)
@@ -91,8 +93,8 @@ def _build_network(state: LabState, plan: topology.LabPlan, progress: Progress) 
         _default_route(node.netns, node.subnet.gateway)
         _sysctls(node.netns, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
     state.processes["internet-echo"] = _spawn(
-        plan.internet, [sys.executable, "-m", "weft.lab.echo", "--name", "internet",
-                        "--port", str(INTERNET_PORT)], state.root / "internet-echo.log")
+        netns.path(plan.internet), _echo_command("internet", tcp=[INTERNET_PORT]),
+        state.root / "internet-echo.log")
     state.save()
 
 
@@ -115,7 +117,7 @@ def _start_agents(state: LabState, plan: topology.LabPlan, vxlan_mode: str,
         progress(f"starting the agent on {node.name}")
         state.node_dir(node.name).mkdir(parents=True, exist_ok=True)
         state.processes[f"agent-{node.name}"] = _spawn(
-            node.netns, _agent_command(state, node.name),
+            netns.path(node.netns), _agent_command(state, node.name),
             state.node_dir(node.name) / "agent.log")
     state.save()
     progress("waiting for every agent's first reconcile")
@@ -160,7 +162,7 @@ def restart_agent(state: LabState, node: str, sig: int = signal.SIGKILL) -> None
     pid = state.processes[f"agent-{node}"]
     _stop({pid}, sig=sig)
     (state.node_dir(node) / "net.d" / CONFLIST_NAME).unlink(missing_ok=True)
-    state.processes[f"agent-{node}"] = _spawn(node, _agent_command(state, node),
+    state.processes[f"agent-{node}"] = _spawn(netns.path(node), _agent_command(state, node),
                                               state.node_dir(node) / "agent.log")
     state.save()
     wait_for_agent(state, node)
@@ -173,16 +175,18 @@ def remove_node(state: LabState, node: str, progress: Progress) -> None:
     pods = [p for p, info in state.pods.items() if info["node"] == node]
     progress(f"deleting {len(pods)} pods on {node}")
     for pod in pods:
+        _stop({state.processes.pop(f"server-{pod}")})
         if state.runtime == "podman":
             node_podman(state, node)("rm", "-f", "-t", "0", pod)
         else:
             node_runtime(state, node).delete(pod, netns.path(pod))
-            _stop({state.processes.pop(f"server-{pod}")})
             netns.remove(pod)
         del state.pods[pod]
     progress(f"stopping the agent on {node} and deleting its Node object")
-    _stop({state.processes.pop(f"agent-{node}")})
-    LocalStore(state.datastore).delete("Node", node)
+    _stop({state.processes.pop(f"agent-{node}"), state.processes.pop(f"proxy-{node}")})
+    store = LocalStore(state.datastore)
+    store.delete("Node", node)
+    store.apply(services.endpoint_slice("echo", state.pods))
     netns.remove(node)
     state.removed_nodes.append(node)
     state.save()
@@ -204,27 +208,70 @@ def node_podman(state: LabState, node: str) -> podman.Podman:
                          [str(state.bin_dir), SYSTEM_CNI_PATH], state.root / "rootfs", "weft")
 
 
+def _echo_command(name: str, tcp: list[int], udp: tuple[int, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "weft.lab.echo", "serve", "--name", name,
+            *(a for p in tcp for a in ("--tcp", str(p))),
+            *(a for p in udp for a in ("--udp", str(p)))]
+
+
 def _make_pods(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
     if state.runtime == "podman":
         podman.busybox_rootfs(state.root / "rootfs")
     for i, pod in enumerate(plan.pods, 1):
         progress(f"pod {i}/{len(plan.pods)}: {pod.name} on {pod.node}")
         short = pod.name.removeprefix(f"{plan.name}-")
-        server = ["nc", "-ll", "-p", str(POD_PORT), "-e", "echo", short]
         if state.runtime == "podman":
             engine = node_podman(state, pod.node)
-            engine.run(pod.name, *server)
+            engine.run(pod.name, "sleep", "2147483647")
             address = engine.ip(pod.name)
+            sandbox = engine("inspect", "--format", "{{.NetworkSettings.SandboxKey}}",
+                             pod.name)
         else:
             netns.create(pod.netns)
             result = node_runtime(state, pod.node).add(
                 pod.name, netns.path(pod.netns),
                 args={"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": short})
             address = result["ips"][0]["address"].split("/")[0]
-            state.processes[f"server-{pod.name}"] = _spawn(
-                pod.netns, ["busybox", *server], state.root / "servers.log")
-        state.pods[pod.name] = {"node": pod.node, "ip": address}
+            sandbox = netns.path(pod.netns)
+        # The pod's echo service runs in its network namespace (a busybox image
+        # has no UDP server); what matters to the network is where it listens.
+        state.processes[f"server-{pod.name}"] = _spawn(
+            sandbox, _echo_command(short, [services.POD_TCP_PORT], (services.POD_UDP_PORT,)),
+            state.root / "servers.log")
+        state.pods[pod.name] = {"node": pod.node, "ip": address, "netns": sandbox}
         state.save()
+
+
+def _start_proxies(state: LabState, progress: Progress) -> None:
+    progress("starting the service proxy on every node")
+    for node in state.nodes_present:
+        directory = state.node_dir(node.name)
+        state.processes[f"proxy-{node.name}"] = _spawn(netns.path(node.netns), [
+            sys.executable, "-m", "weft", "proxy", "--node-name", node.name,
+            "--datastore", "local", "--datastore-path", str(state.datastore),
+            "--health-address", "127.0.0.1:9646", "--min-sync-interval", "0.2"],
+            directory / "proxy.log")
+    state.save()
+
+
+def apply_services(state: LabState) -> None:
+    """The echo Service and its EndpointSlice over every pod."""
+    store = LocalStore(state.datastore)
+    store.apply(services.echo_service())
+    store.apply(services.endpoint_slice("echo", state.pods))
+
+
+def wait_for_service(state: LabState, cluster_ip: str, timeout: float = 30) -> None:
+    """Until every node's proxy has programmed `cluster_ip`."""
+    deadline = time.monotonic() + timeout
+    for node in state.nodes_present:
+        while cluster_ip not in netns.run(node.netns, ["iptables-save", "-t", "nat"]
+                                          ).stdout.decode():
+            if time.monotonic() > deadline:
+                log = state.node_dir(node.name) / "proxy.log"
+                raise LabError(f"the proxy on {node.name} did not program {cluster_ip}; "
+                               f"see {log}")
+            time.sleep(0.1)
 
 
 def down(name: str, progress: Progress) -> None:
@@ -290,12 +337,13 @@ def _sysctls(ns: str, values: dict[str, str]) -> None:
             write_sysctl(key, value)
 
 
-def _spawn(ns: str, command: list[str], log: Path) -> int:
-    """A long-running process in `ns`, outliving this command; returns its pid."""
+def _spawn(ns_path: str, command: list[str], log: Path) -> int:
+    """A long-running process in the netns at `ns_path`, outliving this command."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = netns.popen(ns, command, stdout=out, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(["nsenter", f"--net={ns_path}", *command], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     return proc.pid
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,23 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    import socket
+
+    from weft.agent.proxy import main as proxy
+    from weft.ipam.plugin import datastore
+
+    store = datastore(args.datastore, args.datastore_path)
+    node = args.node_name or socket.gethostname()
+    if args.action == "show":
+        sys.stdout.write(proxy.show(store, node, args.cluster_cidr))
+        return 0
+    if args.action == "cleanup":
+        return proxy.cleanup()
+    return proxy.run(store, node, args.cluster_cidr, args.health_address, args.min_sync_interval,
+                     args.resync_seconds)
+
+
 def _cmd_install_cni(args: argparse.Namespace) -> int:
     from weft.agent.install import install_binaries
 
@@ -100,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cleanup removes what weft made on this node")
     agent_config.add_arguments(agent)
     agent.set_defaults(func=_cmd_agent)
+
+    proxy = sub.add_parser("proxy", help="run the service proxy (or: show, cleanup)")
+    proxy.add_argument("action", nargs="?", choices=("run", "show", "cleanup"), default="run")
+    _add_store_arguments(proxy)
+    proxy.add_argument("--node-name", default=os.environ.get("WEFT_NODE_NAME", ""),
+                       help="this node's name, for internalTrafficPolicy: Local")
+    proxy.add_argument("--cluster-cidr", default=os.environ.get("WEFT_CLUSTER_CIDR", ""),
+                       help="the pods' CIDR (default: the first IPv4 pool's)")
+    proxy.add_argument("--health-address", default="0.0.0.0:9646",
+                       help="host:port for /healthz, /readyz and /metrics")
+    proxy.add_argument("--min-sync-interval", type=float, default=1.0,
+                       help="batch changes: at most one sync per this many seconds")
+    proxy.add_argument("--resync-seconds", type=float, default=60.0,
+                       help="re-check every chain this often")
+    proxy.set_defaults(func=_cmd_proxy)
 
     ipam = sub.add_parser("ipam", help="inspect IP address management")
     ipam_sub = ipam.add_subparsers(dest="ipam_command", required=True, metavar="COMMAND")

@@ -1,0 +1,100 @@
+"""Services and EndpointSlices, read into the service ports the proxy programs.
+
+A service port is one (Service, port) pair; its endpoints come from the
+EndpointSlices labelled with the Service's name, matched by port *name*, which is
+how named target ports resolve (the slice carries each endpoint's number).
+Only ready endpoints count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+DEFAULT_AFFINITY_SECONDS = 10800
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    ip: str
+    port: int
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str
+    cluster_ip: str
+    port: int
+    node_port: int = 0
+    external_ips: tuple[str, ...] = ()
+    affinity_seconds: int = 0  # 0: no session affinity
+    local_only: bool = False  # internalTrafficPolicy: Local
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """ns/name:port, as kube-proxy names a service port."""
+        return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
+
+    def usable_endpoints(self, node: str) -> tuple[Endpoint, ...]:
+        """The endpoints traffic may go to from this node."""
+        if self.local_only:
+            return tuple(e for e in self.endpoints if e.node == node)
+        return self.endpoints
+
+
+def service_ports(services: Iterable[Mapping], slices: Iterable[Mapping]) -> list[ServicePort]:
+    """Every proxied service port; headless and ExternalName services are skipped."""
+    by_service: dict[tuple[str, str], list[Mapping]] = {}
+    for s in slices:
+        meta = s.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if owner and s.get("addressType", "IPv4") == "IPv4":
+            by_service.setdefault((meta.get("namespace") or "default", owner), []).append(s)
+    ports = []
+    for svc in services:
+        meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+        cluster_ip = spec.get("clusterIP")
+        if not cluster_ip or cluster_ip == "None" or spec.get("type") == "ExternalName":
+            continue
+        namespace = meta.get("namespace") or "default"
+        affinity = 0
+        if spec.get("sessionAffinity") == "ClientIP":
+            config = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
+            affinity = int(config.get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
+        slices_of = by_service.get((namespace, meta.get("name")), [])
+        for port in spec.get("ports") or []:
+            protocol = port.get("protocol", "TCP")
+            if protocol not in PROTOCOLS:
+                continue
+            ports.append(ServicePort(
+                namespace=namespace, name=meta["name"], port_name=port.get("name", ""),
+                protocol=protocol, cluster_ip=cluster_ip, port=int(port["port"]),
+                node_port=int(port.get("nodePort") or 0)
+                if spec.get("type") in ("NodePort", "LoadBalancer") else 0,
+                external_ips=tuple(spec.get("externalIPs") or ()),
+                affinity_seconds=affinity,
+                local_only=spec.get("internalTrafficPolicy") == "Local",
+                endpoints=_endpoints(slices_of, port.get("name", ""), protocol)))
+    return ports
+
+
+def _endpoints(slices: list[Mapping], port_name: str, protocol: str) -> tuple[Endpoint, ...]:
+    found = set()
+    for s in slices:
+        numbers = [p.get("port") for p in s.get("ports") or []
+                   if p.get("name", "") == port_name and p.get("protocol", "TCP") == protocol]
+        if not numbers or numbers[0] is None:
+            continue
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready", True) is False:
+                continue
+            for address in ep.get("addresses") or []:
+                found.add(Endpoint(address, int(numbers[0]), ep.get("nodeName", "")))
+    return tuple(sorted(found))

@@ -1,0 +1,130 @@
+"""kube-proxy's iptables rules for weft's service ports: pure functions.
+
+nat:    PREROUTING, OUTPUT -> WEFT-SERVICES
+        WEFT-SERVICES   cluster IP / external IP -> WEFT-SVC-* / WEFT-EXT-*; local
+                        addresses -> WEFT-NODEPORTS (last)
+        WEFT-NODEPORTS  node port -> WEFT-EXT-*
+        WEFT-EXT-*      mark for masquerade, then WEFT-SVC-*
+        WEFT-SVC-*      mark traffic from outside the cluster CIDR; pick an endpoint:
+                        ClientIP affinity first, then -m statistic 1/(n-i)
+        WEFT-SEP-*      mark hairpin traffic (an endpoint reaching itself), DNAT
+        WEFT-MARK-MASQ  set the masquerade mark; the agent's WEFT-POSTROUTING
+                        masquerades what carries it
+filter: FORWARD, OUTPUT -> WEFT-SERVICES: REJECT service ports with no endpoints
+        INPUT, FORWARD -> WEFT-EXTERNAL-SERVICES: the same for node ports
+
+Chain names are a prefix and a hash of the service port (and endpoint), at most
+28 characters. Each service port renders on its own, so a sync can reuse the
+rules of every service port that did not change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+
+from weft.agent.iptables import Jump
+from weft.agent.nat import MASQ_MARK
+from weft.agent.proxy.model import ServicePort
+
+SERVICES = "WEFT-SERVICES"
+NODEPORTS = "WEFT-NODEPORTS"
+MARK_MASQ = "WEFT-MARK-MASQ"
+EXTERNAL_SERVICES = "WEFT-EXTERNAL-SERVICES"
+NEW = "-m conntrack --ctstate NEW"
+JUMPS = (
+    Jump("nat", "PREROUTING", SERVICES, "weft service portals"),
+    Jump("nat", "OUTPUT", SERVICES, "weft service portals"),
+    Jump("filter", "FORWARD", SERVICES, "weft services without endpoints", NEW),
+    Jump("filter", "OUTPUT", SERVICES, "weft services without endpoints", NEW),
+    Jump("filter", "INPUT", EXTERNAL_SERVICES, "weft node ports without endpoints", NEW),
+    Jump("filter", "FORWARD", EXTERNAL_SERVICES, "weft node ports without endpoints", NEW),
+)
+
+
+def chain_name(prefix: str, *parts: str) -> str:
+    digest = hashlib.sha256("/".join(parts).encode()).digest()
+    return prefix + base64.b32encode(digest).decode()[:16]
+
+
+@dataclass
+class PortRules:
+    """What one service port contributes: its own chains and its lines in shared ones."""
+
+    chains: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (table, chain)
+    services: list[str] = field(default_factory=list)  # nat WEFT-SERVICES
+    nodeports: list[str] = field(default_factory=list)  # nat WEFT-NODEPORTS
+    rejects: list[str] = field(default_factory=list)  # filter WEFT-SERVICES
+    external_rejects: list[str] = field(default_factory=list)  # filter WEFT-EXTERNAL-SERVICES
+
+
+def render_port(sp: ServicePort, node: str, cluster_cidr: str) -> PortRules:
+    out = PortRules()
+    proto = sp.protocol.lower()
+    match = f"-p {proto} -m {proto}"
+    comment = f'-m comment --comment "{sp.key}'
+    endpoints = sp.usable_endpoints(node)
+    frontends = [(sp.cluster_ip, "cluster IP")] + [(ip, "external IP") for ip in sp.external_ips]
+    if not endpoints:
+        why = "has no local endpoints" if sp.local_only and sp.endpoints else "has no endpoints"
+        for ip, _ in frontends:
+            out.rejects.append(f"-A {SERVICES} -d {ip}/32 {match} --dport {sp.port} "
+                               f'{comment} {why}" -j REJECT --reject-with icmp-port-unreachable')
+        if sp.node_port:
+            out.external_rejects.append(
+                f"-A {EXTERNAL_SERVICES} -m addrtype --dst-type LOCAL {match} --dport "
+                f'{sp.node_port} {comment} {why}" -j REJECT --reject-with '
+                "icmp-port-unreachable")
+        return out
+    svc = chain_name("WEFT-SVC-", sp.key, sp.protocol)
+    ext = chain_name("WEFT-EXT-", sp.key, sp.protocol)
+    out.services.append(f"-A {SERVICES} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
+                        f'{comment} cluster IP" -j {svc}')
+    for ip in sp.external_ips:
+        out.services.append(f"-A {SERVICES} -d {ip}/32 {match} --dport {sp.port} "
+                            f'{comment} external IP" -j {ext}')
+    if sp.node_port:
+        out.nodeports.append(f"-A {NODEPORTS} {match} --dport {sp.node_port} "
+                             f'{comment} node port" -j {ext}')
+    if sp.external_ips or sp.node_port:
+        out.chains[("nat", ext)] = [f"-A {ext} -j {MARK_MASQ}", f"-A {ext} -j {svc}"]
+    rules = [f"-A {svc} ! -s {cluster_cidr} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
+             f'{comment} cluster IP from outside the pods" -j {MARK_MASQ}']
+    seps = [chain_name("WEFT-SEP-", sp.key, sp.protocol, f"{e.ip}:{e.port}") for e in endpoints]
+    if sp.affinity_seconds:
+        rules += [f"-A {svc} -m recent --name {sep} --rcheck --seconds {sp.affinity_seconds} "
+                  f"--reap -j {sep}" for sep in seps]
+    count = len(seps)
+    for i, sep in enumerate(seps):
+        if i < count - 1:
+            rules.append(f"-A {svc} -m statistic --mode random --probability "
+                         f"{1 / (count - i):.11f} -j {sep}")
+        else:
+            rules.append(f"-A {svc} -j {sep}")
+    out.chains[("nat", svc)] = rules
+    for endpoint, sep in zip(endpoints, seps, strict=True):
+        recent = f"-m recent --name {sep} --set " if sp.affinity_seconds else ""
+        out.chains[("nat", sep)] = [
+            f"-A {sep} -s {endpoint.ip}/32 -j {MARK_MASQ}",
+            f"-A {sep} {match} {recent}-j DNAT --to-destination {endpoint.ip}:{endpoint.port}",
+        ]
+    return out
+
+
+def assemble(parts: list[PortRules]) -> dict[str, dict[str, list[str]]]:
+    """{table: {chain: rules}} of every chain the proxy owns."""
+    nat: dict[str, list[str]] = {
+        SERVICES: [], NODEPORTS: [],
+        MARK_MASQ: [f"-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}"]}
+    filter_: dict[str, list[str]] = {SERVICES: [], EXTERNAL_SERVICES: []}
+    for part in parts:
+        nat[SERVICES].extend(part.services)
+        nat[NODEPORTS].extend(part.nodeports)
+        filter_[SERVICES].extend(part.rejects)
+        filter_[EXTERNAL_SERVICES].extend(part.external_rejects)
+        for (table, chain), rules in part.chains.items():
+            (nat if table == "nat" else filter_)[chain] = rules
+    nat[SERVICES].append(f"-A {SERVICES} -m addrtype --dst-type LOCAL -m comment --comment "
+                         f'"weft node ports; must be last" -j {NODEPORTS}')
+    return {"nat": nat, "filter": filter_}
