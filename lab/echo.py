@@ -77,13 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("port", type=int)
     a.add_argument("--timeout", type=float, default=2.0)
     a.add_argument("--source-port", type=int, default=0)
+    a.add_argument("--count", type=int, default=1, help="ask this many times, a line each")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.name, args.tcp, args.udp)
     else:
-        answer = ask(args.protocol, args.host, args.port, args.timeout, args.source_port)
-        print(answer)
-        sys.exit(0 if answer else 1)
+        answers = [ask(args.protocol, args.host, args.port, args.timeout, args.source_port)
+                   for _ in range(args.count)]
+        print("\n".join(answers))
+        sys.exit(0 if all(answers) else 1)
 
 
 if __name__ == "__main__":

@@ -89,12 +89,12 @@ def exec_prefix(state: LabState, pod: str) -> list[str]:
 
 
 def ask(netns_path: str, protocol: str, host: str, port: int, source_port: int = 0,
-        timeout: float = 2) -> str:
-    """The echo service's answer, asked from inside a network namespace."""
+        timeout: float = 2, count: int = 1) -> str:
+    """The echo service's answer(s, a line each), asked from inside a network namespace."""
     proc = subprocess.run(["nsenter", f"--net={netns_path}", sys.executable, "-m",
                            "weft.lab.echo", "ask", protocol, host, str(port), "--timeout",
-                           str(timeout), "--source-port", str(source_port)],
-                          capture_output=True, timeout=15)
+                           str(timeout), "--source-port", str(source_port), "--count",
+                           str(count)], capture_output=True, timeout=15 + count * timeout)
     return proc.stdout.decode(errors="replace").strip()
 
 
