@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_AFFINITY_SECONDS = 10800
 
 
-@dataclass(frozen=True, order=True)
-class Endpoint:
+class Endpoint(NamedTuple):
+    """A tuple, not a dataclass: hashing 50,000 of these per sync must be cheap."""
+
     ip: str
     port: int
     node: str = ""
@@ -51,37 +53,51 @@ class ServicePort:
 
 def service_ports(services: Iterable[Mapping], slices: Iterable[Mapping]) -> list[ServicePort]:
     """Every proxied service port; headless and ExternalName services are skipped."""
+    by_service = group_slices(slices)
+    ports = []
+    for svc in services:
+        meta = svc.get("metadata") or {}
+        ports += ports_of(svc, by_service.get((meta.get("namespace") or "default",
+                                               meta.get("name")), []))
+    return ports
+
+
+def group_slices(slices: Iterable[Mapping]) -> dict[tuple[str, str], list[Mapping]]:
+    """EndpointSlices by the (namespace, name) of the Service they belong to."""
     by_service: dict[tuple[str, str], list[Mapping]] = {}
     for s in slices:
         meta = s.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
         if owner and s.get("addressType", "IPv4") == "IPv4":
             by_service.setdefault((meta.get("namespace") or "default", owner), []).append(s)
+    return by_service
+
+
+def ports_of(svc: Mapping, slices_of: list[Mapping]) -> list[ServicePort]:
+    """One Service's ports, with their endpoints from the Service's slices."""
+    meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+    cluster_ip = spec.get("clusterIP")
+    if not cluster_ip or cluster_ip == "None" or spec.get("type") == "ExternalName":
+        return []
+    namespace = meta.get("namespace") or "default"
+    affinity = 0
+    if spec.get("sessionAffinity") == "ClientIP":
+        config = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
+        affinity = int(config.get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
     ports = []
-    for svc in services:
-        meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
-        cluster_ip = spec.get("clusterIP")
-        if not cluster_ip or cluster_ip == "None" or spec.get("type") == "ExternalName":
+    for port in spec.get("ports") or []:
+        protocol = port.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
             continue
-        namespace = meta.get("namespace") or "default"
-        affinity = 0
-        if spec.get("sessionAffinity") == "ClientIP":
-            config = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
-            affinity = int(config.get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
-        slices_of = by_service.get((namespace, meta.get("name")), [])
-        for port in spec.get("ports") or []:
-            protocol = port.get("protocol", "TCP")
-            if protocol not in PROTOCOLS:
-                continue
-            ports.append(ServicePort(
-                namespace=namespace, name=meta["name"], port_name=port.get("name", ""),
-                protocol=protocol, cluster_ip=cluster_ip, port=int(port["port"]),
-                node_port=int(port.get("nodePort") or 0)
-                if spec.get("type") in ("NodePort", "LoadBalancer") else 0,
-                external_ips=tuple(spec.get("externalIPs") or ()),
-                affinity_seconds=affinity,
-                local_only=spec.get("internalTrafficPolicy") == "Local",
-                endpoints=_endpoints(slices_of, port.get("name", ""), protocol)))
+        ports.append(ServicePort(
+            namespace=namespace, name=meta["name"], port_name=port.get("name", ""),
+            protocol=protocol, cluster_ip=cluster_ip, port=int(port["port"]),
+            node_port=int(port.get("nodePort") or 0)
+            if spec.get("type") in ("NodePort", "LoadBalancer") else 0,
+            external_ips=tuple(spec.get("externalIPs") or ()),
+            affinity_seconds=affinity,
+            local_only=spec.get("internalTrafficPolicy") == "Local",
+            endpoints=_endpoints(slices_of, port.get("name", ""), protocol)))
     return ports
 
 

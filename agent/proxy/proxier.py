@@ -19,13 +19,46 @@ from dataclasses import dataclass, field
 
 from weft.agent.iptables import Applier
 from weft.agent.proxy import conntrack, render
-from weft.agent.proxy.model import ServicePort, service_ports
+from weft.agent.proxy.model import ServicePort, group_slices, ports_of
 from weft.ipam.datastore import Datastore
 
 log = logging.getLogger(__name__)
 
 OWNED_PREFIXES = ("WEFT-SVC-", "WEFT-SEP-", "WEFT-EXT-")
 OWNED_FIXED = (render.SERVICES, render.NODEPORTS, render.MARK_MASQ, render.EXTERNAL_SERVICES)
+
+
+class ChangeTracker:
+    """Re-reads only Services whose object, or one of whose slices, changed.
+
+    Keyed by resourceVersions, as kube-proxy's change trackers are: at 10,000
+    Services, parsing them all again for one endpoint change would dominate.
+    Objects without a resourceVersion are always read.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[tuple, list[ServicePort]]] = {}
+
+    def ports(self, services: list[dict], slices: list[dict]) -> list[ServicePort]:
+        by_service = group_slices(slices)
+        seen: dict[tuple[str, str], tuple[tuple, list[ServicePort]]] = {}
+        out: list[ServicePort] = []
+        for svc in services:
+            meta = svc.get("metadata") or {}
+            key = (meta.get("namespace") or "default", meta.get("name", ""))
+            mine = by_service.get(key, [])
+            versions = (meta.get("resourceVersion"),
+                        *sorted(str((s.get("metadata") or {}).get("resourceVersion"))
+                                for s in mine))
+            cached = self._seen.get(key)
+            if cached is not None and cached[0] == versions and versions[0] is not None:
+                ports = cached[1]
+            else:
+                ports = ports_of(svc, mine)
+            seen[key] = (versions, ports)
+            out += ports
+        self._seen = seen
+        return out
 
 
 @dataclass
@@ -49,6 +82,7 @@ class Proxier:
     _cache: dict[ServicePort, render.PortRules] = field(default_factory=dict)
     _ports: list[ServicePort] = field(default_factory=list)
     _last_sync: float = 0.0
+    _tracker: ChangeTracker = field(default_factory=lambda: ChangeTracker())
 
     def sync(self) -> SyncResult:
         """Bring the proxy's chains in line with the datastore's Services."""
@@ -56,7 +90,7 @@ class Proxier:
         if wait > 0:
             time.sleep(wait)  # batch: changes that arrive meanwhile go in this sync
         started = time.monotonic()
-        ports = service_ports(self.store.list("Service"), self.store.list("EndpointSlice"))
+        ports = self._tracker.ports(self.store.list("Service"), self.store.list("EndpointSlice"))
         parts = []
         cache: dict[ServicePort, render.PortRules] = {}
         for sp in ports:
@@ -101,6 +135,10 @@ class Proxier:
             for jump in render.JUMPS:
                 self.iptables.ensure_jump(jump)
         return written, deleted
+
+    def applied(self) -> dict[str, dict[str, list[str]]]:
+        """{table: {chain: rules}} as last written."""
+        return {t: dict(c) for t, c in (self._applied or {}).items()}
 
     def invalidate(self) -> None:
         """Make the next sync a full one."""
