@@ -26,6 +26,12 @@ class AgentConfig:
     cni_conf_dir: str = ""
     health_address: str = "0.0.0.0:9645"
     resync_seconds: float = 10.0
+    kubeconfig: str = ""
+
+    @property
+    def datastore_location(self) -> str:
+        """What `open_datastore` needs: a directory, or a kubeconfig ("" = in-cluster)."""
+        return self.kubeconfig if self.datastore == "kubernetes" else self.datastore_path
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AgentConfig:
@@ -42,6 +48,7 @@ class AgentConfig:
             cni_conf_dir=args.cni_conf_dir,
             health_address=args.health_address,
             resync_seconds=args.resync_seconds,
+            kubeconfig=args.kubeconfig,
         )
 
 
@@ -79,6 +86,8 @@ def add_datastore_path(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datastore-path",
                         default=os.environ.get("WEFT_DATASTORE_PATH", DEFAULT_DATASTORE_PATH),
                         help="directory of the local datastore (env WEFT_DATASTORE_PATH)")
+    parser.add_argument("--kubeconfig", default=os.environ.get("WEFT_KUBECONFIG", ""),
+                        help="kubeconfig for the kubernetes datastore (default: in-cluster)")
 
 
 def add_state_dir(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def run(config: AgentConfig) -> int:
-    store = datastore(config.datastore, config.datastore_path)
+    store = datastore(config.datastore, config.datastore_location)
     agent = NodeAgent(config, store)
     stop = threading.Event()
 

@@ -30,6 +30,7 @@ ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 DEFAULT_SOCKET = "/run/weft/cni.sock"
 DEFAULT_STATE_DIR = "/var/lib/weft"
 DEFAULT_DATASTORE_PATH = "/var/lib/weft/datastore"
+DEFAULT_KUBECONFIG = "/etc/cni/net.d/weft-kubeconfig"
 DEFAULT_MTU = 1450
 DATASTORES = ("local", "kubernetes")
 

@@ -106,4 +106,8 @@ def open_datastore(kind: str, path: str) -> Datastore:
         from weft.ipam.local import LocalStore
 
         return LocalStore(path)
+    if kind == "kubernetes":
+        from weft.ipam.kubernetes import KubernetesStore
+
+        return KubernetesStore(path)  # path: a kubeconfig; empty for in-cluster
     raise DatastoreError(f"the {kind!r} datastore is not available in this build")

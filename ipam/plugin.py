@@ -14,7 +14,7 @@ from typing import Any
 import netaddr
 
 from weft.cni import dispatch
-from weft.cni.config import CmdArgs, NetConf
+from weft.cni.config import DEFAULT_KUBECONFIG, CmdArgs, NetConf
 from weft.cni.errors import CHECK_FAILED, DATASTORE, INVALID_CONFIG, NOT_AVAILABLE, CNIError
 from weft.cni.result import encode
 from weft.ipam.allocator import IPAM, Allocation
@@ -38,15 +38,23 @@ def setting(conf: NetConf, key: str, default: str) -> str:
 
 def ipam_for(conf: NetConf) -> IPAM:
     """The allocator a network config describes."""
-    store = datastore(setting(conf, "datastore", conf.datastore),
-                      setting(conf, "datastorePath", conf.datastore_path))
+    kind = setting(conf, "datastore", conf.datastore)
+    if kind == "kubernetes":
+        # On the host, outside any pod: the kubeconfig the install step wrote.
+        location = setting(conf, "kubeconfig", DEFAULT_KUBECONFIG)
+    else:
+        location = setting(conf, "datastorePath", conf.datastore_path)
+    store = datastore(kind, location)
     return IPAM(store, setting(conf, "stateDir", conf.state_dir),
                 setting(conf, "nodeName", conf.node_name), inline_pools(conf.ipam))
 
 
 @functools.lru_cache(maxsize=16)
 def datastore(kind: str, path: str) -> Datastore:
-    """Datastores are kept open for the life of the process (the agent's warm path)."""
+    """Datastores are kept open for the life of the process (the agent's warm path).
+
+    `path` is the local store's directory, or a kubeconfig ("" = in-cluster).
+    """
     try:
         return open_datastore(kind, path)
     except DatastoreError as err:

@@ -36,10 +36,9 @@ def _cmd_ipam_show(args: argparse.Namespace) -> int:
     import socket
 
     from weft.ipam.allocator import IPAM
-    from weft.ipam.plugin import datastore
     from weft.ipam.show import show
 
-    ipam = IPAM(datastore(args.datastore, args.datastore_path), args.state_dir,
+    ipam = IPAM(_store(args), args.state_dir,
                 args.node_name or socket.gethostname())
     sys.stdout.write(show(ipam))
     return 0
@@ -62,9 +61,7 @@ def _load_objects(path: str) -> list[dict]:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from weft.ipam.plugin import datastore
-
-    store = datastore(args.datastore, args.datastore_path)
+    store = _store(args)
     for obj in _load_objects(args.filename):
         store.apply(obj)
         _namespace, name = name_of(obj)
@@ -73,9 +70,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from weft.ipam.plugin import datastore
-
-    store = datastore(args.datastore, args.datastore_path)
+    store = _store(args)
     for obj in _load_objects(args.filename):
         namespace, name = name_of(obj)
         gone = store.delete(obj["kind"], name, namespace)
@@ -87,9 +82,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     import socket
 
     from weft.agent.proxy import main as proxy
-    from weft.ipam.plugin import datastore
-
-    store = datastore(args.datastore, args.datastore_path)
+    store = _store(args)
     node = args.node_name or socket.gethostname()
     if args.action == "show":
         sys.stdout.write(proxy.show(store, node, args.cluster_cidr))
@@ -158,8 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--datastore", choices=("local", "kubernetes"), default="local")
+    parser.add_argument("--datastore", choices=("local", "kubernetes"),
+                        default=os.environ.get("WEFT_DATASTORE", "local"))
     agent_config.add_datastore_path(parser)
+
+
+def _store(args: argparse.Namespace):
+    """The datastore the --datastore, --datastore-path and --kubeconfig flags name."""
+    from weft.ipam.plugin import datastore
+
+    where = args.kubeconfig if args.datastore == "kubernetes" else args.datastore_path
+    return datastore(args.datastore, where)
 
 
 def main(argv: list[str] | None = None) -> None:

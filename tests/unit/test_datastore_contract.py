@@ -1,0 +1,535 @@
+"""One contract, two datastores: the local directory and the Kubernetes API.
+
+The Kubernetes store talks real HTTP (urllib3, through the official client) to kmock's
+KubernetesEmulator on 127.0.0.1, run in a thread with its own event loop. The
+emulator is taught the few things of a real API server the contract depends on and
+it lacks (see `ApiServer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+import pytest
+
+from weft.cni.errors import POOL_EXHAUSTED, CNIError
+from weft.ipam.allocator import IPAM
+from weft.ipam.datastore import (
+    KINDS,
+    AlreadyExists,
+    Datastore,
+    DatastoreError,
+    NotFound,
+    Object,
+    open_datastore,
+)
+from weft.ipam.kubernetes import KubernetesStore
+from weft.ipam.local import LocalStore
+from weft.ipam.pools import Pool, parse_pool, start_index
+
+CLOSE = "X-TEST-CLOSE"  # a bus item that ends the watch streams it reaches
+
+
+@attrs.define(kw_only=True)
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator plus what a real API server does and kmock does not:
+
+    - sets uid, creationTimestamp and a growing resourceVersion (kmock sets none, so
+      "apply keeps the uid" would compare None with None);
+    - PUT replaces the object, refusing a stale resourceVersion with 409 (kmock has no
+      PUT at all: it answers 500, and its PATCH merges); `conflicts` makes the next PUTs
+      fail with 409 as if another writer had come first;
+    - a create that carries a resourceVersion is refused, as the real storage does;
+    - a list carries the current resourceVersion (kmock's says "...");
+    - watches can be broken on purpose: `break_watches` ends the open streams, and
+      answers the next watch with the in-stream 410 Expired a real server sends.
+    It still does not garbage-collect dependents, nor honour a watch's resourceVersion
+    (it replays every object as ADDED) or timeoutSeconds.
+    """
+
+    version: int = 0
+    lists: int = 0
+    watches: int = 0
+    expired: int = 0
+    expire_next: int = 0
+    conflicts: int = 0
+    deletes: list[dict[str, str]] = attrs.field(factory=list)
+
+    def _next_version(self) -> str:
+        self.version += 1
+        return str(self.version)
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.action == kmock.action.DELETE:
+            self.deletes.append(dict(request.params))  # propagationPolicy is a query parameter
+        if request.resource is not None and isinstance(request.data, dict):
+            if request.action == kmock.action.CREATE:
+                if (request.data.get("metadata") or {}).get("resourceVersion"):
+                    raise kmock.KubernetesError(
+                        status=500, reason="InternalError",
+                        message="resourceVersion should not be set on objects to be created")
+                request.data.setdefault("metadata", {}).update(
+                    uid=str(uuid.uuid4()), resourceVersion=self._next_version(),
+                    creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            elif request.action == kmock.action.UPDATE:
+                request.data.setdefault("metadata", {})["resourceVersion"] = \
+                    self._next_version()
+            elif request.method == kmock.method.PUT and request.name:
+                return await self._replace(request)
+        return await super()._handle(request)
+
+    async def _replace(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            current = self.objects[key].last.raw["metadata"]
+            sent = (request.data.get("metadata") or {}).get("resourceVersion")
+            if self.conflicts:
+                self.conflicts -= 1
+                sent = "stale"
+            if sent and sent != current["resourceVersion"]:
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict",
+                    message="the object has been modified; please apply your changes to "
+                            "the latest version and try again")
+            body = copy.deepcopy(request.data)
+            body.setdefault("metadata", {}).update(
+                uid=current["uid"], creationTimestamp=current["creationTimestamp"],
+                resourceVersion=self._next_version())
+            self.objects[key].create(body)
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": body})
+        return aiohttp.web.json_response(body)
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        self.lists += 1
+        payload = await super()._serve_list(request)
+        payload["metadata"] = {"resourceVersion": str(self.version)}
+        return payload
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        self.watches += 1
+        if self.expire_next:
+            self.expire_next -= 1
+            self.expired += 1
+            yield {"type": "ERROR", "object": {
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "code": 410, "reason": "Expired", "message": "too old resource version"}}
+            return
+        events = super()._serve_watch(request)
+        try:
+            async for event in events:
+                if isinstance(event, dict) and event.get("type") == CLOSE:
+                    return
+                yield event
+        finally:
+            await events.aclose()
+
+    async def break_watches(self, expire: bool) -> None:
+        self.expire_next += int(expire)
+        for bus in list(self._buses.values()):
+            await bus.put({"type": CLOSE})
+
+
+class Emulator:
+    """An ApiServer served over HTTP on 127.0.0.1 from a thread with its own loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.api: ApiServer | None = None
+        self.url = ""
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+
+    def __enter__(self) -> Emulator:
+        self.thread.start()
+        assert self.started.wait(10), "the emulator did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the emulator did not stop"
+        self.loop.close()
+        if self.error is not None:
+            raise self.error
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run a coroutine on the emulator's loop (its state is not thread-safe)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
+            f"clusters: [{{name: kmock, cluster: {{server: '{self.url}'}}}}]\n"
+            "users: [{name: test, user: {token: test-token}}]\n"
+            "contexts: [{name: kmock, context: {cluster: kmock, user: test}}]\n")
+        return path
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as err:
+            self.error = err
+        finally:
+            self.started.set()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with ApiServer() as api, kmock.Server(api, host="127.0.0.1") as server:
+            for kind in KINDS.values():
+                api.resources[f"{kind.api_version}/{kind.plural}"] = kmock.ResourceInfo(
+                    kind=kind.kind, namespaced=kind.namespaced,
+                    verbs={"create", "get", "list", "watch", "update", "patch", "delete"})
+            self.api, self.url = api, str(server.url).rstrip("/")
+            self.started.set()
+            await self._stop.wait()
+            await api.break_watches(expire=False)  # open streams would hold the shutdown
+
+
+@dataclass
+class Backend:
+    name: str
+    store: Datastore
+    emulator: Emulator | None = None
+
+    @property
+    def api(self) -> ApiServer:
+        assert self.emulator is not None and self.emulator.api is not None
+        return self.emulator.api
+
+
+@pytest.fixture(params=["local", "kubernetes"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "local":
+        yield Backend("local", LocalStore(tmp_path / "datastore"))
+        return
+    with Emulator() as emulator:
+        store = open_datastore("kubernetes", str(emulator.kubeconfig(tmp_path / "kubeconfig")))
+        assert isinstance(store, KubernetesStore)
+        try:
+            yield Backend("kubernetes", store, emulator)
+        finally:
+            store.close()
+    left = [t.name for t in threading.enumerate() if t.name.startswith("weft-watch")]
+    assert not left, f"watch threads left running: {left}"
+
+
+def node(name: str, **meta: Any) -> Object:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, **meta}}
+
+
+def service(name: str, namespace: str = "") -> Object:
+    meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}
+
+
+def pool(name: str, cidr: str = "10.244.0.0/16") -> Object:
+    return {"apiVersion": "weft.dev/v1", "kind": "IPPool", "metadata": {"name": name},
+            "spec": {"cidr": cidr, "blockSize": 26}}
+
+
+def changed(store: Datastore, kinds: Sequence[str], old: str, timeout: float = 5.0) -> str:
+    """The next revision: at once for the local store, within seconds for a watch."""
+    deadline = time.monotonic() + timeout
+    while (now := store.revision(kinds)) == old:
+        assert time.monotonic() < deadline, f"revision stayed {old!r} for {timeout}s"
+        time.sleep(0.02)
+    return now
+
+
+def assert_steady(store: Datastore, kinds: Sequence[str], value: str,
+                  seconds: float = 0.5) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert store.revision(kinds) == value, "revision changed with nothing changing"
+        time.sleep(0.05)
+
+
+# -- the contract -------------------------------------------------------------
+
+
+def test_create_is_exclusive_and_returns_the_stored_object(backend: Backend) -> None:
+    store = backend.store
+    created = store.create(pool("default"))
+    assert created["apiVersion"] == "weft.dev/v1" and created["kind"] == "IPPool"
+    assert created["metadata"]["uid"] and created["metadata"]["creationTimestamp"]
+    assert created["spec"] == {"cidr": "10.244.0.0/16", "blockSize": 26}
+    with pytest.raises(AlreadyExists, match="IPPool default"):
+        store.create(pool("default", "10.96.0.0/16"))
+    kept = store.get("IPPool", "default")
+    assert kept is not None
+    assert kept["spec"]["cidr"] == "10.244.0.0/16"
+    assert kept["metadata"]["uid"] == created["metadata"]["uid"]
+
+
+def test_get_of_a_missing_object_is_none(backend: Backend) -> None:
+    store = backend.store
+    assert store.get("Node", "nowhere") is None
+    assert store.get("Service", "nowhere", "kube-system") is None
+    store.create(service("dns", "kube-system"))
+    assert store.get("Service", "dns") is None  # namespaced: looked up in `default`
+    assert store.get("Service", "dns", "kube-system") is not None
+
+
+def test_apply_creates_then_replaces_keeping_the_uid(backend: Backend) -> None:
+    store = backend.store
+    created = store.apply(node("n1", labels={"zone": "a"}))
+    assert created["metadata"]["uid"]
+    assert store.get("Node", "n1")["metadata"]["labels"] == {"zone": "a"}
+    replaced = store.apply(node("n1", labels={"rack": "7"}))
+    assert replaced["metadata"]["uid"] == created["metadata"]["uid"]
+    assert replaced["metadata"]["labels"] == {"rack": "7"}
+    stored = store.get("Node", "n1")
+    assert stored["metadata"]["uid"] == created["metadata"]["uid"]
+    assert stored["metadata"]["labels"] == {"rack": "7"}  # replaced, not merged
+    assert [n["metadata"]["name"] for n in store.list("Node")] == ["n1"]
+
+
+def test_list_filters_by_namespace_and_lists_all_when_empty(backend: Backend) -> None:
+    store = backend.store
+    store.create(service("dns", "kube-system"))
+    store.create(service("web", "shop"))
+    store.create(service("db", "shop"))
+    store.create(service("api"))  # into `default`
+    assert sorted(s["metadata"]["name"] for s in store.list("Service", "shop")) == ["db", "web"]
+    assert [s["metadata"]["name"] for s in store.list("Service", "default")] == ["api"]
+    assert store.list("Service", "empty") == []
+    everything = store.list("Service")
+    assert sorted((s["metadata"]["namespace"], s["metadata"]["name"]) for s in everything) == [
+        ("default", "api"), ("kube-system", "dns"), ("shop", "db"), ("shop", "web")]
+    assert {(s["apiVersion"], s["kind"]) for s in everything} == {("v1", "Service")}
+    assert store.list("EndpointSlice") == []
+
+
+def test_delete_returns_true_then_false(backend: Backend) -> None:
+    store = backend.store
+    store.create(node("n1"))
+    store.create(service("web", "shop"))
+    assert store.delete("Node", "n1") is True
+    assert store.get("Node", "n1") is None
+    assert store.delete("Node", "n1") is False
+    assert store.delete("Service", "web") is False  # not in `default`
+    assert store.delete("Service", "web", "shop") is True
+    assert store.delete("Service", "web", "shop") is False
+    assert store.list("Service") == []
+    store.create(node("n1"))  # the name is free again
+    assert store.get("Node", "n1") is not None
+
+
+def test_annotate_merges_and_needs_the_object(backend: Backend) -> None:
+    store = backend.store
+    store.create(node("n1", annotations={"keep": "me", "weft.dev/node-ip": "old"},
+                      labels={"zone": "a"}))
+    store.annotate("Node", "n1", {"weft.dev/node-ip": "192.0.2.1",
+                                  "weft.dev/vtep-mac": "02:00:00:00:00:01"})
+    meta = store.get("Node", "n1")["metadata"]
+    assert meta["annotations"] == {"keep": "me", "weft.dev/node-ip": "192.0.2.1",
+                                   "weft.dev/vtep-mac": "02:00:00:00:00:01"}
+    assert meta["labels"] == {"zone": "a"}
+    store.create(service("web", "shop"))
+    store.annotate("Service", "web", {"a": "b"}, "shop")
+    assert store.get("Service", "web", "shop")["metadata"]["annotations"] == {"a": "b"}
+    with pytest.raises(NotFound):
+        store.annotate("Node", "nowhere", {"a": "b"})
+    with pytest.raises(NotFound):
+        store.annotate("Service", "web", {"a": "b"})  # not in `default`
+    assert store.get("Node", "nowhere") is None
+
+
+def test_revision_changes_with_the_watched_kinds_and_only_then(backend: Backend) -> None:
+    store = backend.store
+    kinds = ["IPPool", "IPAMBlock"]
+    start = store.revision(kinds)
+    assert_steady(store, kinds, start)
+    store.create(pool("default"))
+    created = changed(store, kinds, start)
+    applied = pool("default", "10.245.0.0/16")
+    applied["metadata"]["labels"] = {"changed": "yes"}
+    store.apply(applied)
+    replaced = changed(store, kinds, created)
+    store.create({"apiVersion": "weft.dev/v1", "kind": "IPAMBlock",
+                  "metadata": {"name": "10-244-0-0-26"},
+                  "spec": {"cidr": "10.244.0.0/26", "pool": "default", "node": "n1"}})
+    claimed = changed(store, kinds, replaced)
+    store.delete("IPPool", "default")
+    deleted = changed(store, kinds, claimed)
+    assert len({start, created, replaced, claimed, deleted}) == 5
+    assert_steady(store, kinds, deleted)
+
+
+def _same_start(pool: Pool) -> tuple[str, str]:
+    """Two node names that start their block search at the same block: every claim races."""
+    seen: dict[int, str] = {}
+    for i in itertools.count():
+        name = f"node-{i}"
+        index = start_index(name, pool)
+        if index in seen:
+            return seen[index], name
+        seen[index] = name
+    raise AssertionError("unreachable")
+
+
+class LaggingBlocks:
+    """A store whose IPAMBlock list is always empty, as a lagging cache could be:
+    claims must then rest on the exclusive create alone."""
+
+    def __init__(self, store: Datastore) -> None:
+        self.store = store
+
+    def list(self, kind: str, namespace: str = "") -> list[Object]:
+        return [] if kind == "IPAMBlock" else self.store.list(kind, namespace)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("view", ["fresh", "lagging"])
+def test_racing_nodes_never_claim_the_same_block(backend: Backend, tmp_path: Path,
+                                                 view: str) -> None:
+    the_pool = parse_pool({"cidr": "10.244.0.0/25", "blockSize": 28})
+    nodes = _same_start(the_pool)
+    store: Any = backend.store if view == "fresh" else LaggingBlocks(backend.store)
+    ipams = {n: IPAM(store, tmp_path / n, n, [the_pool]) for n in nodes}
+    start = threading.Barrier(len(nodes))
+    outcome: dict[str, tuple[list[str], BaseException]] = {}
+
+    def fill(name: str) -> None:
+        got: list[str] = []
+        start.wait(5)
+        try:
+            for i in itertools.count():
+                got.extend(a.address for a in ipams[name].assign(f"{name}-{i}/eth0"))
+        except BaseException as err:
+            outcome[name] = (got, err)
+
+    threads = [threading.Thread(target=fill, args=(n,)) for n in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for name in nodes:
+        err = outcome[name][1]
+        assert isinstance(err, CNIError) and err.code == POOL_EXHAUSTED, repr(err)
+
+    owned = {n: {b.cidr for b in ipams[n].blocks()} for n in nodes}
+    assert not owned[nodes[0]] & owned[nodes[1]], "two nodes hold the same block"
+    assert owned[nodes[0]] | owned[nodes[1]] == {str(b) for b in the_pool.blocks_from(0)}
+    stored = {o["spec"]["cidr"]: o["spec"]["node"] for o in backend.store.list("IPAMBlock")}
+    assert stored == {cidr: n for n in nodes for cidr in owned[n]}
+    addresses = [a for got, _ in outcome.values() for a in got]
+    assert len(addresses) == len(set(addresses)) == the_pool.block_count * 15
+
+
+def test_deleting_a_node_frees_its_blocks(backend: Backend, tmp_path: Path) -> None:
+    store = backend.store
+    uid = store.create(node("n1"))["metadata"]["uid"]
+    store.create(node("n2"))
+    inline = [parse_pool({"cidr": "10.244.0.0/24", "blockSize": 28})]
+    for name in ("n1", "n2"):
+        IPAM(store, tmp_path / name, name, inline).assign("c/eth0")
+    blocks = {b["spec"]["node"]: b for b in store.list("IPAMBlock")}
+    assert set(blocks) == {"n1", "n2"}
+    # What the API server's garbage collector acts on: an owner reference with the uid.
+    assert blocks["n1"]["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": uid}]
+    assert store.delete("Node", "n1")
+    if backend.emulator is None:
+        assert [b["spec"]["node"] for b in store.list("IPAMBlock")] == ["n2"]
+    else:
+        # kmock has no garbage collector: check that the delete asked for one.
+        assert backend.api.deletes[-1]["propagationPolicy"] in ("Background", "Foreground")
+
+
+def test_a_broken_watch_resumes(backend: Backend) -> None:
+    if backend.emulator is None:
+        pytest.skip("the local store has no watch to break")
+    store, api, emulator = backend.store, backend.api, backend.emulator
+    kinds = ["Node"]
+    before = store.revision(kinds)
+    deadline = time.monotonic() + 5
+    while api.watches < 1:
+        assert time.monotonic() < deadline, "the store never started watching"
+        time.sleep(0.02)
+    lists = api.lists
+    emulator.run(api.break_watches(expire=True))
+    store.create(node("after-the-break"))
+    after = changed(store, kinds, before)
+    assert api.expired == 1, "the store never came back to watch"
+    assert api.lists > lists, "a 410 Gone must make the store list again"
+    # And the new watch is live, not just the relist.
+    while api.watches < 3:
+        assert time.monotonic() < deadline + 5, "no new watch after the relist"
+        time.sleep(0.02)
+    store.create(node("on-the-new-watch"))
+    changed(store, kinds, after)
+
+
+# -- the Kubernetes store's own behaviour ----------------------------------------
+
+
+def test_kubernetes_apply_retries_conflicting_writes(backend: Backend) -> None:
+    if backend.emulator is None:
+        pytest.skip("only the API server has optimistic concurrency")
+    store, api = backend.store, backend.api
+    uid = store.create(node("n1", labels={"v": "0"}))["metadata"]["uid"]
+    api.conflicts = 2  # two writers get in between our read and our replace
+    applied = store.apply(node("n1", labels={"v": "1"}))
+    assert api.conflicts == 0
+    assert applied["metadata"]["uid"] == uid
+    assert store.get("Node", "n1")["metadata"]["labels"] == {"v": "1"}
+    api.conflicts = 100
+    with pytest.raises(DatastoreError, match=r"failed to apply Node n1: .*conflicting"):
+        store.apply(node("n1", labels={"v": "2"}))
+    assert store.get("Node", "n1")["metadata"]["labels"] == {"v": "1"}
+
+
+def test_kubernetes_store_failures_say_what_failed(tmp_path: Path) -> None:
+    with pytest.raises(DatastoreError, match="failed to load the Kubernetes config"):
+        KubernetesStore(str(tmp_path / "missing-kubeconfig"))
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: gone\n"
+        f"clusters: [{{name: gone, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: gone, context: {cluster: gone, user: u}}]\n")
+    store = KubernetesStore(str(kubeconfig))
+    try:
+        with pytest.raises(DatastoreError, match="failed to get Node n1: cannot reach"):
+            store.get("Node", "n1")
+        with pytest.raises(DatastoreError, match="failed to create IPAMBlock b1: "):
+            store.create({"kind": "IPAMBlock", "metadata": {"name": "b1"}})
+        with pytest.raises(DatastoreError, match="failed to list Pod in all namespaces"):
+            store.list("Pod")
+        with pytest.raises(DatastoreError, match="failed to annotate Service web/x: "):
+            store.annotate("Service", "x", {"a": "b"}, "web")
+        store.sync_timeout = 1.0
+        first = store.revision(["Node"])  # never raises: the watch keeps retrying
+        started = time.monotonic()
+        assert store.revision(["Node"]) == first
+        assert time.monotonic() - started < 0.5, "only the first call may wait for a list"
+    finally:
+        store.close()
