@@ -6,10 +6,12 @@ never runs half a binary or reads half a config.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import py_compile
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +21,8 @@ from weft.cni import shim
 
 BINARIES = ("weft", "weft-ipam")
 CONFLIST_NAME = "10-weft.conflist"
+KUBECONFIG_NAME = "weft-kubeconfig"
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -35,12 +39,14 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def install_binaries(bin_dir: str | os.PathLike[str], python: str = sys.executable,
-                     lib_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Install `weft` and `weft-ipam`: three-line stubs that import the compiled shim.
+                     lib_dir: str | os.PathLike[str] | None = None,
+                     library_path: str = "") -> list[Path]:
+    """Install `weft` and `weft-ipam`: tiny launchers that import the compiled shim.
 
-    The stubs start the interpreter with -SI (no site, no user paths: ~20 ms
-    saved per pod here) and import the shim from `lib_dir` as byte code, so no
-    pod pays for compiling it; the in-process fallback loads site itself.
+    They start the interpreter with -SI (no site, no user paths: ~20 ms saved per
+    pod here) and import the shim from `lib_dir` as byte code, so no pod pays for
+    compiling it; the in-process fallback loads site itself. An interpreter that
+    needs `library_path` (a shared libpython) gets a /bin/sh launcher that sets it.
     """
     lib = Path(lib_dir) if lib_dir is not None else Path(bin_dir) / ".weft"
     module = lib / "weft_cni_shim.py"
@@ -50,11 +56,15 @@ def install_binaries(bin_dir: str | os.PathLike[str], python: str = sys.executab
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     written = []
     for name in BINARIES:
-        stub = (f"#!{python} -SI\n"
-                f"import sys\nsys.path.insert(0, {str(lib)!r})\n"
-                f"from weft_cni_shim import main\nmain({name!r})\n")
+        code = f"import sys; sys.path.insert(0, {str(lib)!r}); " \
+               f"from weft_cni_shim import main; main({name!r})"
+        if library_path:
+            launcher = (f"#!/bin/sh\nLD_LIBRARY_PATH={shlex.quote(library_path)} "
+                        f"exec {shlex.quote(python)} -SI -c {shlex.quote(code)}\n")
+        else:
+            launcher = f"#!{python} -SI\n" + code.replace("; ", "\n") + "\n"
         path = Path(bin_dir) / name
-        write_atomically(path, stub.encode(), 0o755)
+        write_atomically(path, launcher.encode(), 0o755)
         written.append(path)
     return written
 
@@ -72,3 +82,73 @@ def install_conflist(conf_dir: str | os.PathLike[str], config: dict[str, Any]) -
     path = Path(conf_dir) / CONFLIST_NAME
     write_atomically(path, json.dumps(config, indent=2).encode() + b"\n")
     return path
+
+
+def kubeconfig_from_service_account(path: Path, account: Path = SERVICE_ACCOUNT,
+                                    server: str = "") -> Path:
+    """A kubeconfig for the CNI binary, which runs on the host outside any pod.
+
+    Made from the install container's service account (its token and CA) and the
+    API server's address from the environment kubelet gives every pod.
+    """
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    server = server or (f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}")
+    if not host and not server.startswith("https://"):
+        raise InstallError("KUBERNETES_SERVICE_HOST is not set: run the install step in a pod")
+    try:
+        token = (account / "token").read_text().strip()
+        ca = base64.b64encode((account / "ca.crt").read_bytes()).decode()
+    except OSError as err:
+        raise InstallError(f"cannot read the service account in {account}: {err}") from err
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "weft",
+              "clusters": [{"name": "local", "cluster": {
+                  "server": server, "certificate-authority-data": ca}}],
+              "users": [{"name": "weft-cni", "user": {"token": token}}],
+              "contexts": [{"name": "weft", "context": {"cluster": "local",
+                                                        "user": "weft-cni"}}]}
+    write_atomically(path, json.dumps(config, indent=2).encode(), 0o600)
+    return path
+
+
+class InstallError(Exception):
+    """The install step cannot go on; the message says why."""
+
+
+def underlay_mtu() -> int:
+    """The MTU of the interface the default route uses (the node's underlay)."""
+    from pyroute2 import IPRoute
+
+    from weft.agent.underlay import discover
+
+    with IPRoute() as ipr:
+        return discover(ipr).mtu
+
+
+def install(runtime_root: Path, bin_dir: Path, conf_dir: Path, *, datastore: str,
+            node_name: str, mtu: int = 0, datastore_path: str = "",
+            progress=print) -> None:
+    """The install step: runtime, CNI binaries, kubeconfig, then the conflist last.
+
+    The conflist goes last because kubelet takes its appearance as "the network
+    is ready"; everything it refers to must be in place by then.
+    """
+    from weft.agent import runtime, vxlan
+
+    progress(f"copying a self-contained Python runtime to {runtime_root}")
+    current = runtime.build(runtime_root)
+    stable = runtime_root / "current"
+    python = runtime.interpreter(stable)
+    library = str(stable / "lib") if runtime.library_path(current) else ""
+    for path in install_binaries(bin_dir, str(python), stable / "shim", library):
+        progress(f"installed {path}")
+    settings: dict[str, Any] = {"datastore": datastore, "nodeName": node_name}
+    if datastore == "kubernetes":
+        path = kubeconfig_from_service_account(conf_dir / KUBECONFIG_NAME)
+        settings["kubeconfig"] = str(path)
+        progress(f"wrote {path}")
+    else:
+        settings["datastorePath"] = datastore_path
+    mtu = mtu or underlay_mtu() - vxlan.OVERHEAD
+    path = install_conflist(conf_dir, conflist(mtu, **settings))
+    progress(f"wrote {path} (MTU {mtu})")

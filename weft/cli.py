@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from weft.agent import config as agent_config
+from weft.agent.install import InstallError
 from weft.agent.iptables import IptablesError
 from weft.agent.underlay import UnderlayError
 from weft.cni.errors import CNIError
@@ -93,6 +94,17 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                      args.resync_seconds)
 
 
+def _cmd_install(args: argparse.Namespace) -> int:
+    import socket
+
+    from weft.agent.install import install
+
+    install(Path(args.runtime_dir), Path(args.bin_dir), Path(args.conf_dir),
+            datastore=args.datastore, node_name=args.node_name or socket.gethostname(),
+            mtu=args.mtu, datastore_path=args.datastore_path)
+    return 0
+
+
 def _cmd_install_cni(args: argparse.Namespace) -> int:
     from weft.agent.install import install_binaries
 
@@ -142,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_store_arguments(cmd)
         cmd.set_defaults(func=func)
 
+    full = sub.add_parser("install", help="install weft on a node: runtime, CNI binaries, "
+                          "kubeconfig and conflist (the DaemonSet's init container)")
+    full.add_argument("--runtime-dir", default="/opt/weft", help="where the runtime goes")
+    full.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory")
+    full.add_argument("--conf-dir", default="/etc/cni/net.d", help="CNI config directory")
+    full.add_argument("--mtu", type=int, default=int(os.environ.get("WEFT_MTU", "0")),
+                      help="pod MTU (default: the underlay's MTU minus 50 for VXLAN)")
+    full.add_argument("--node-name", default=os.environ.get("WEFT_NODE_NAME", ""))
+    _add_store_arguments(full)
+    full.set_defaults(func=_cmd_install)
+
     install = sub.add_parser("install-cni", help="install the weft and weft-ipam CNI binaries")
     install.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory")
     install.set_defaults(func=_cmd_install_cni)
@@ -170,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(args.func(args))
-    except (UserError, DatastoreError, UnderlayError, IptablesError,
+    except (UserError, DatastoreError, UnderlayError, IptablesError, InstallError,
             lab_cli.LabCommandError) as err:
         sys.exit(f"weft: {err}")
     except CNIError as err:

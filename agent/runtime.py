@@ -1,0 +1,140 @@
+"""A self-contained Python runtime for hosts without Python (a kind node has none).
+
+The interpreter (and libpython when it is shared), the standard library without
+its tests and GUI parts, weft, and exactly the distributions weft depends on,
+copied into `<root>/versions/<id>`; `<root>/current` is a symlink swapped by an
+atomic rename, so a CNI binary that starts during an upgrade runs either the old
+runtime or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import importlib.util
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
+               "pydoc_data", "site-packages", "dist-packages", "__phello__"}
+WEFT_PACKAGES = ("weft", "weft.cni", "weft.ipam", "weft.agent", "weft.agent.proxy",
+                 "weft.lab")
+
+
+def version_dir_name() -> str:
+    return f"py{sys.version_info.major}{sys.version_info.minor}-{time.strftime('%Y%m%d%H%M%S')}"
+
+
+def build(root: Path) -> Path:
+    """Copy the runtime into a new version directory and make it current."""
+    versions = root / "versions"
+    target = versions / version_dir_name()
+    staging = versions / f".{target.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    _copy_interpreter(staging)
+    site = _copy_stdlib(staging)
+    _copy_weft(site)
+    for dist in dependency_closure("weft"):
+        _copy_distribution(dist, site)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(staging, target)
+    _point_current(root, target)
+    _prune(versions, keep={target.name})
+    return root / "current"
+
+
+def interpreter(runtime: Path) -> Path:
+    return runtime / "bin" / "python3"
+
+
+def library_path(runtime: Path) -> str:
+    """LD_LIBRARY_PATH the interpreter needs ('' when libpython is linked in)."""
+    return str(runtime / "lib") if sysconfig.get_config_var("Py_ENABLE_SHARED") else ""
+
+
+def dependency_closure(name: str) -> list[metadata.Distribution]:
+    """The installed distributions `name` requires, recursively (extras left out)."""
+    seen: dict[str, metadata.Distribution] = {}
+    queue = [name]
+    while queue:
+        for requirement in metadata.distribution(queue.pop()).requires or []:
+            if "extra ==" in requirement:
+                continue
+            dep = re.split(r"[ ;<>=!~\[(]", requirement.strip(), maxsplit=1)[0]
+            key = dep.lower().replace("_", "-")
+            if key in seen:
+                continue
+            try:
+                dist = metadata.distribution(dep)
+            except metadata.PackageNotFoundError:
+                continue  # an optional, platform-specific requirement not installed here
+            seen[key] = dist
+            queue.append(dep)
+    return list(seen.values())
+
+
+def _copy_interpreter(target: Path) -> None:
+    (target / "bin").mkdir()
+    shutil.copy2(os.path.realpath(sys.executable), interpreter(target))
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        libdir = Path(sysconfig.get_config_var("LIBDIR"))
+        name = sysconfig.get_config_var("INSTSONAME")
+        (target / "lib").mkdir(exist_ok=True)
+        shutil.copy2(libdir / name, target / "lib" / name)
+
+
+def _copy_stdlib(target: Path) -> Path:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    dest = target / "lib" / stdlib.name
+    shutil.copytree(stdlib, dest, symlinks=False, ignore=lambda d, names: [
+        n for n in names if (Path(d) == stdlib and (n in SKIP_STDLIB or
+                                                    n.startswith("config-")))])
+    site = dest / "site-packages"
+    site.mkdir(exist_ok=True)
+    return site
+
+
+def _copy_weft(site: Path) -> None:
+    """weft's packages from where they are imported (an editable install included)."""
+    for package in WEFT_PACKAGES:
+        source = Path(next(iter(importlib.util.find_spec(package).submodule_search_locations)))
+        dest = site.joinpath(*package.split("."))
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in source.glob("*.py"):
+            shutil.copy2(path, dest / path.name)
+
+
+def _copy_distribution(dist: metadata.Distribution, site: Path) -> None:
+    base = Path(dist.locate_file("")).resolve()
+    for file in dist.files or []:
+        source = Path(dist.locate_file(file)).resolve()
+        try:
+            relative = source.relative_to(base)
+        except ValueError:
+            continue  # a script installed outside site-packages
+        if relative.parts[0] in ("..", "bin") or not source.is_file():
+            continue
+        dest = site / relative
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+
+
+def _point_current(root: Path, target: Path) -> None:
+    link = root / ".current.new"
+    link.unlink(missing_ok=True)
+    os.symlink(Path("versions") / target.name, link)
+    os.replace(link, root / "current")
+
+
+def _prune(versions: Path, keep: set[str]) -> None:
+    """Keep the current runtime and the newest older one (a pod may still run it)."""
+    old = sorted((p for p in versions.iterdir() if p.name not in keep
+                  and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for path in old[:-1]:
+        shutil.rmtree(path, ignore_errors=True)
