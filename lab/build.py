@@ -17,13 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from weft.agent.install import CONFLIST_NAME, install_binaries
-from weft.cni.netns import entered, write_sysctl
 from weft.ipam.local import LocalStore
 from weft.ipam.pools import DEFAULT_POOL
-from weft.lab import netns, podman, services, topology
+from weft.lab import netns, podman, services, topology, wiring
 from weft.lab.libcni import Runtime
 from weft.lab.state import LabState, lab_root, load
 
@@ -69,29 +66,24 @@ def _build_network(state: LabState, plan: topology.LabPlan, progress: Progress) 
     for name in infra + [n.netns for n in plan.nodes]:
         netns.create(name)
     for subnet in plan.subnets:
-        with entered(netns.path(subnet.switch)), IPRoute() as ipr:
-            ipr.link("add", ifname="br0", kind="bridge")
-            ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
-            # A switch only switches: keep the machine's bridge netfilter out of it.
-            with contextlib.suppress(FileNotFoundError):
-                write_sysctl("net/bridge/bridge-nf-call-iptables", "0")
-                write_sysctl("net/bridge/bridge-nf-call-ip6tables", "0")
-        _wire(plan.router, f"sw{subnet.index}", subnet.switch, "router", subnet.switch)
-        _address(plan.router, f"sw{subnet.index}", f"{subnet.gateway}/24")
+        wiring.switch(subnet.switch)
+        wiring.wire(plan.router, f"sw{subnet.index}", subnet.switch, "router", subnet.switch)
+        wiring.address(plan.router, f"sw{subnet.index}", f"{subnet.gateway}/24")
     progress("wiring the router and the internet")
-    _wire(plan.router, "inet0", plan.internet, "eth0")
-    _address(plan.router, "inet0", f"{plan.router_internet_address}/30")
-    _address(plan.internet, "eth0", f"{plan.internet_link_address}/30")
-    _address(plan.internet, "lo", f"{topology.INTERNET_ADDRESS}/32")
-    _sysctls(plan.router, {"net/ipv4/ip_forward": "1"})
-    _default_route(plan.internet, plan.router_internet_address)
-    _route(plan.router, f"{topology.INTERNET_ADDRESS}/32", plan.internet_link_address)
+    wiring.wire(plan.router, "inet0", plan.internet, "eth0")
+    wiring.address(plan.router, "inet0", f"{plan.router_internet_address}/30")
+    wiring.address(plan.internet, "eth0", f"{plan.internet_link_address}/30")
+    wiring.address(plan.internet, "lo", f"{topology.INTERNET_ADDRESS}/32")
+    wiring.sysctls(plan.router, {"net/ipv4/ip_forward": "1"})
+    wiring.default_route(plan.internet, plan.router_internet_address)
+    wiring.route(plan.router, f"{topology.INTERNET_ADDRESS}/32", plan.internet_link_address)
     for node in plan.nodes:
         progress(f"wiring {node.name} ({node.address}) to switch {node.subnet.index}")
-        _wire(node.netns, "eth0", node.subnet.switch, f"n{node.index}", node.subnet.switch)
-        _address(node.netns, "eth0", f"{node.address}/24")
-        _default_route(node.netns, node.subnet.gateway)
-        _sysctls(node.netns, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+        wiring.wire(node.netns, "eth0", node.subnet.switch, f"n{node.index}", node.subnet.switch)
+        wiring.address(node.netns, "eth0", f"{node.address}/24")
+        wiring.default_route(node.netns, node.subnet.gateway)
+        wiring.sysctls(node.netns, {"net/ipv4/ip_forward": "1",
+                                   "net/ipv6/conf/all/forwarding": "1"})
     state.processes["internet-echo"] = _spawn(
         netns.path(plan.internet), _echo_command("internet", tcp=[INTERNET_PORT]),
         state.root / "internet-echo.log")
@@ -297,44 +289,6 @@ def down(name: str, progress: Progress) -> None:
     root = lab_root(name)
     if root.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
-
-
-def _wire(ns_a: str, if_a: str, ns_b: str, if_b: str, bridge_ns: str | None = None) -> None:
-    """A veth pair between two namespaces, both ends up; `if_b` joins br0 in `bridge_ns`."""
-    fd = os.open(netns.path(ns_b), os.O_RDONLY)
-    try:
-        with entered(netns.path(ns_a)), IPRoute() as ipr:
-            ipr.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": fd})
-            ipr.link("set", index=ipr.link_lookup(ifname=if_a)[0], state="up")
-    finally:
-        os.close(fd)
-    with entered(netns.path(ns_b)), IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=if_b)[0]
-        if bridge_ns == ns_b:
-            ipr.link("set", index=index, master=ipr.link_lookup(ifname="br0")[0])
-        ipr.link("set", index=index, state="up")
-
-
-def _address(ns: str, ifname: str, cidr: str) -> None:
-    address, prefix = cidr.split("/")
-    with entered(netns.path(ns)), IPRoute() as ipr:
-        ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=address,
-                 prefixlen=int(prefix))
-
-
-def _default_route(ns: str, gateway: str) -> None:
-    _route(ns, "0.0.0.0/0", gateway)
-
-
-def _route(ns: str, dst: str, gateway: str) -> None:
-    with entered(netns.path(ns)), IPRoute() as ipr:
-        ipr.route("add", dst=dst, gateway=gateway)
-
-
-def _sysctls(ns: str, values: dict[str, str]) -> None:
-    with entered(netns.path(ns)):
-        for key, value in values.items():
-            write_sysctl(key, value)
 
 
 def _spawn(ns_path: str, command: list[str], log: Path) -> int:

@@ -1,0 +1,170 @@
+"""Agents and a proxy on the `kubernetes` datastore, against kmock's emulator.
+
+The emulator serves from an "apiserver" namespace on the nodes' switch, so real
+`weft agent` and `weft proxy` processes in their node namespaces reach it over
+the wire, as they reach the API server in a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import netaddr
+import pytest
+
+from weft.agent.dataplane import LinuxDataplane
+from weft.cni.netns import entered
+from weft.ipam.kubernetes import KubernetesStore
+from weft.lab import netns, services, wiring
+
+from ..kmock_api import Emulator
+
+pytestmark = pytest.mark.integration
+
+API_ADDRESS = "172.18.9.2"
+
+
+@dataclass
+class Cluster:
+    name: str
+    root: Path
+    emulator: Emulator
+    store: KubernetesStore
+    kubeconfig: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def api(self):
+        """Run datastore calls from inside the apiserver namespace (its loopback)."""
+        return entered(netns.path(f"{self.name}-api"))
+
+    def node(self, i: int) -> str:
+        return f"{self.name}-n{i}"
+
+    def start(self, node: str, *command: str) -> None:
+        log = open(self.root / f"{node}-{command[0]}.log", "ab")  # noqa: SIM115
+        self.processes.append(netns.popen(node, [sys.executable, "-m", "weft", *command],
+                                          stdout=log, stderr=subprocess.STDOUT))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    name = f"k{uuid.uuid4().hex[:6]}"
+    spaces = [f"{name}-sw", f"{name}-api", f"{name}-n1", f"{name}-n2"]
+    for ns in spaces:
+        netns.create(ns)
+    try:
+        wiring.switch(f"{name}-sw")
+        wiring.wire(f"{name}-api", "eth0", f"{name}-sw", "api", f"{name}-sw")
+        wiring.address(f"{name}-api", "eth0", f"{API_ADDRESS}/24")
+        for i in (1, 2):
+            node = f"{name}-n{i}"
+            wiring.wire(node, "eth0", f"{name}-sw", f"n{i}", f"{name}-sw")
+            wiring.address(node, "eth0", f"172.18.9.{10 + i}/24")
+            wiring.default_route(node, API_ADDRESS)  # the apiserver does not forward
+            wiring.sysctls(node, {"net/ipv4/ip_forward": "1"})
+        with Emulator(netns=netns.path(f"{name}-api"), host="0.0.0.0") as emulator:
+            port = int(emulator.url.rsplit(":", 1)[1])
+            kubeconfig = tmp_path / "kubeconfig"
+            emulator.url = f"http://{API_ADDRESS}:{port}"
+            emulator.kubeconfig(kubeconfig)
+            local = tmp_path / "kubeconfig-local"
+            emulator.url = f"http://127.0.0.1:{port}"
+            emulator.kubeconfig(local)
+            store = KubernetesStore(str(local))
+            the_cluster = Cluster(name, tmp_path, emulator, store, kubeconfig)
+            try:
+                yield the_cluster
+            finally:
+                for proc in the_cluster.processes:
+                    proc.terminate()
+                for proc in the_cluster.processes:
+                    proc.wait(10)
+                store.close()
+    finally:
+        for ns in spaces:
+            netns.remove(ns)
+
+
+def eventually(condition, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_two_agents_claim_blocks_publish_annotations_and_route(cluster):
+    with cluster.api():
+        cluster.store.create({"apiVersion": "weft.dev/v1", "kind": "IPPool",
+                              "metadata": {"name": "default"},
+                              "spec": {"cidr": "10.244.0.0/16", "blockSize": 26,
+                                       "vxlanMode": "CrossSubnet", "natOutgoing": True}})
+        for i in (1, 2):
+            cluster.store.create({"apiVersion": "v1", "kind": "Node",
+                                  "metadata": {"name": cluster.node(i)}})
+    for i in (1, 2):
+        node = cluster.node(i)
+        cluster.start(node, "agent", "--node-name", node, "--datastore", "kubernetes",
+                      "--kubeconfig", str(cluster.kubeconfig),
+                      "--state-dir", str(cluster.root / node / "state"),
+                      "--socket", str(cluster.root / node / "cni.sock"),
+                      "--cni-conf-dir", str(cluster.root / node / "net.d"),
+                      "--default-pool", "none", "--health-address", "127.0.0.1:9645")
+    for i in (1, 2):
+        ready = cluster.root / cluster.node(i) / "net.d" / "10-weft.conflist"
+        assert eventually(ready.exists), (cluster.root / f"{cluster.node(i)}-agent.log"
+                                          ).read_text()
+
+    with cluster.api():
+        blocks = cluster.store.list("IPAMBlock")
+        nodes = {n["metadata"]["name"]: n for n in cluster.store.list("Node")}
+    owners = {b["spec"]["node"]: b for b in blocks}
+    assert set(owners) == {cluster.node(1), cluster.node(2)}
+    cidrs = [netaddr.IPNetwork(b["spec"]["cidr"]) for b in blocks]
+    assert not netaddr.IPSet([cidrs[0]]) & netaddr.IPSet([cidrs[1]])
+    for i in (1, 2):
+        block, node = owners[cluster.node(i)], nodes[cluster.node(i)]
+        assert block["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
+        notes = node["metadata"]["annotations"]
+        assert notes["weft.dev/node-ip"] == f"172.18.9.{10 + i}"
+        assert netaddr.IPAddress(notes["weft.dev/vtep-ip"]) in netaddr.IPNetwork(
+            block["spec"]["cidr"])
+        assert re.fullmatch(r"[0-9a-f:]{17}", notes["weft.dev/vtep-mac"])
+
+    def routed() -> bool:
+        with netns.iproute(cluster.node(1)) as ipr:
+            routes = LinuxDataplane(ipr).current().routes
+        other = owners[cluster.node(2)]["spec"]["cidr"]
+        return other in routes and routes[other].gateway == "172.18.9.12"
+    assert eventually(routed)
+
+
+def test_a_proxy_renders_services_created_through_the_api(cluster):
+    node = cluster.node(1)
+    cluster.start(node, "proxy", "--node-name", node, "--datastore", "kubernetes",
+                  "--kubeconfig", str(cluster.kubeconfig), "--cluster-cidr", "10.244.0.0/16",
+                  "--health-address", "127.0.0.1:9646", "--min-sync-interval", "0.2")
+    pods = {"web-a": {"ip": "10.244.1.5", "node": node},
+            "web-b": {"ip": "10.244.2.6", "node": cluster.node(2)}}
+    with cluster.api():
+        cluster.store.apply(services.echo_service())
+        cluster.store.apply(services.endpoint_slice("echo", pods))
+
+    def programmed() -> bool:
+        nat = netns.run(node, ["iptables-save", "-t", "nat"]).stdout.decode()
+        return (f"-d {services.CLUSTER_IP}/32" in nat and "10.244.1.5:8080" in nat
+                and "10.244.2.6:8080" in nat and "--dport 30080" in nat)
+    assert eventually(programmed), (cluster.root / f"{node}-proxy.log").read_text()
+
+    with cluster.api():
+        cluster.store.apply(services.endpoint_slice("echo", {"web-a": pods["web-a"]}))
+    assert eventually(lambda: "10.244.2.6" not in netns.run(
+        node, ["iptables-save", "-t", "nat"]).stdout.decode())
