@@ -27,6 +27,7 @@ class AgentConfig:
     health_address: str = "0.0.0.0:9645"
     resync_seconds: float = 10.0
     kubeconfig: str = ""
+    leak_check_seconds: float = 300.0
 
     @property
     def datastore_location(self) -> str:
@@ -49,6 +50,7 @@ class AgentConfig:
             health_address=args.health_address,
             resync_seconds=args.resync_seconds,
             kubeconfig=args.kubeconfig,
+            leak_check_seconds=args.leak_check_seconds,
         )
 
 
@@ -77,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write 10-weft.conflist here once ready (e.g. /etc/cni/net.d)")
     parser.add_argument("--health-address", default=env("WEFT_HEALTH_ADDRESS", "0.0.0.0:9645"),
                         help="host:port for /healthz, /readyz and /metrics")
+    parser.add_argument("--leak-check-seconds", type=float,
+                        default=float(env("WEFT_LEAK_CHECK_SECONDS", "300")),
+                        help="how often to release addresses of pods gone from API and node")
     parser.add_argument("--resync-seconds", type=float,
                         default=float(env("WEFT_RESYNC_SECONDS", "10")),
                         help="full reconcile interval, besides reacting to changes")

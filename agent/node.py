@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from pyroute2 import IPRoute
 
-from weft.agent import nat, vxlan
+from weft.agent import leaks, nat, vxlan
 from weft.agent.cni_server import Runner, default_runners
 from weft.agent.config import AgentConfig
 from weft.agent.dataplane import PROTO, Dataplane, LinuxDataplane
@@ -173,7 +173,7 @@ class NodeAgent:
         threading.Thread(target=self._watch_store, args=(stop,), name="watch-store",
                          daemon=True).start()
         threading.Thread(target=self._watch_kernel, name="watch-kernel", daemon=True).start()
-        last_full = time.monotonic()
+        last_full = last_leak_check = time.monotonic()
         while not stop.is_set():
             self._wake.wait(timeout=self.config.resync_seconds)
             self._wake.clear()
@@ -186,6 +186,12 @@ class NodeAgent:
                 log.exception("reconcile failed; retrying at the next change or resync")
             if full:
                 last_full = time.monotonic()
+            if time.monotonic() - last_leak_check >= self.config.leak_check_seconds:
+                last_leak_check = time.monotonic()
+                try:
+                    self.check_leaks()
+                except Exception:
+                    log.exception("leak check failed; trying again later")
 
     def wake(self) -> None:
         self._wake.set()
@@ -213,6 +219,20 @@ class NodeAgent:
                             event == "RTM_DELNEIGH" or \
                             (event == "RTM_DELLINK" and msg.get("ifname") == VXLAN_DEVICE):
                         self.wake()
+
+    def check_leaks(self) -> list[str]:
+        """Release addresses whose pod is gone from both the API and this node."""
+        pods = {((p.get("metadata") or {}).get("namespace", ""),
+                 (p.get("metadata") or {}).get("name", ""))
+                for p in self.store.list("Pod")
+                if (p.get("spec") or {}).get("nodeName") == self.config.node_name}
+        links = {link.get("ifname") for link in self.ipr.get_links()}
+        allocations = [a for b in self.ipam.blocks() for a in b.allocations.values()]
+        gone = {a.address for a in leaks.leaked(allocations, pods, links)}
+        if not gone:
+            return []
+        freed = self.ipam.gc(lambda alloc: alloc.address not in gone)
+        return [a.address for a in freed]
 
     def cni_runners(self) -> Mapping[str, Runner]:
         """The CNI runners, with STATUS answering 'not available' until ready."""
