@@ -5,21 +5,15 @@ from __future__ import annotations
 import netaddr
 
 from weft.ipam.allocator import IPAM
-from weft.ipam.pools import PoolError, parse_pool
+from weft.ipam.pools import pools_from_objects
 from weft.table import render
 
 
 def show(ipam: IPAM) -> str:
     store = ipam.store
-    pools = []
-    for obj in store.list("IPPool"):
-        try:
-            pools.append(parse_pool(obj.get("spec") or {}, obj["metadata"]["name"]))
-        except PoolError as err:
-            pools.append(None)
-            print(f"warning: {err}")
+    pools, problems = pools_from_objects(store.list("IPPool"))
     pool_rows = [(p.name, p.cidr, f"/{p.block_size}", p.vxlan_mode,
-                  str(p.nat_outgoing).lower(), str(p.disabled).lower()) for p in pools if p]
+                  str(p.nat_outgoing).lower(), str(p.disabled).lower()) for p in pools]
     own = {b.cidr: b for b in ipam.blocks()}
     block_rows = []
     for obj in sorted(store.list("IPAMBlock"), key=lambda o: netaddr.IPNetwork(o["spec"]["cidr"])):
@@ -40,4 +34,5 @@ def show(ipam: IPAM) -> str:
         + "\nBLOCKS\n" + render(("cidr", "node", "pool", "used", "free"), block_rows)
         + f"\nALLOCATIONS on {ipam.node}\n"
         + render(("address", "handle", "pod", "block"), alloc_rows)
+        + "".join(f"\nbroken IPPool, ignored: {problem}\n" for problem in problems)
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from weft.ipam.kubernetes import KubernetesStore
 from weft.lab import netns, services, wiring
 
 from ..kmock_api import Emulator
+from ..waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -92,13 +92,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             netns.remove(ns)
 
 
-def eventually(condition, seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def test_two_agents_claim_blocks_publish_annotations_and_route(cluster):
@@ -120,7 +113,7 @@ def test_two_agents_claim_blocks_publish_annotations_and_route(cluster):
                       "--default-pool", "none", "--health-address", "127.0.0.1:9645")
     for i in (1, 2):
         ready = cluster.root / cluster.node(i) / "net.d" / "10-weft.conflist"
-        assert eventually(ready.exists), (cluster.root / f"{cluster.node(i)}-agent.log"
+        assert eventually(ready.exists, seconds=30), (cluster.root / f"{cluster.node(i)}-agent.log"
                                           ).read_text()
 
     with cluster.api():
@@ -144,7 +137,7 @@ def test_two_agents_claim_blocks_publish_annotations_and_route(cluster):
             routes = LinuxDataplane(ipr).current().routes
         other = owners[cluster.node(2)]["spec"]["cidr"]
         return other in routes and routes[other].gateway == "172.18.9.12"
-    assert eventually(routed)
+    assert eventually(routed, seconds=20)
 
 
 def test_a_proxy_renders_services_created_through_the_api(cluster):
@@ -162,7 +155,7 @@ def test_a_proxy_renders_services_created_through_the_api(cluster):
         nat = netns.run(node, ["iptables-save", "-t", "nat"]).stdout.decode()
         return (f"-d {services.CLUSTER_IP}/32" in nat and "10.244.1.5:8080" in nat
                 and "10.244.2.6:8080" in nat and "--dport 30080" in nat)
-    assert eventually(programmed), (cluster.root / f"{node}-proxy.log").read_text()
+    assert eventually(programmed, seconds=20), (cluster.root / f"{node}-proxy.log").read_text()
 
     with cluster.api():
         cluster.store.apply(services.endpoint_slice("echo", {"web-a": pods["web-a"]}))

@@ -14,6 +14,8 @@ from weft.agent.routes import VXLAN_DEVICE
 from weft.lab import build, matrix, netns, probe, topology
 from weft.lab.state import lab_root
 
+from ..waiting import eventually
+
 pytestmark = pytest.mark.integration
 
 
@@ -160,7 +162,7 @@ def test_removing_a_node_releases_its_blocks_everywhere(make_lab):
         return all(block3 not in _weft_state(n)["routes"] and not _weft_state(n)["fdb"]
                    and not _weft_state(n)["neighbours"]
                    for n in (f"{state.name}-node1", f"{state.name}-node2"))
-    assert _eventually(gone, seconds=3)
+    assert eventually(gone, seconds=3)
     from weft.ipam.local import LocalStore
 
     blocks = LocalStore(state.datastore).list("IPAMBlock")
@@ -188,7 +190,7 @@ def test_a_route_deleted_by_hand_comes_back_within_a_second(make_lab):
     node1 = f"{state.name}-node1"
     remote = next(cidr for cidr, r in _weft_state(node1)["routes"].items() if r.kind == "vxlan")
     netns.run(node1, ["ip", "route", "del", remote])
-    assert _eventually(lambda: remote in _weft_state(node1)["routes"], seconds=1.5)
+    assert eventually(lambda: remote in _weft_state(node1)["routes"], seconds=1.5)
     assert probe.ping(pod_ns(state, "node1-pod0"), pod_ip(state, "node3-pod0"))
 
 
@@ -236,14 +238,3 @@ def test_down_after_a_failed_up_leaves_nothing(monkeypatch):
     assert_nothing_left(name)
     build.down(name, _quiet)
     assert_nothing_left(name)
-
-
-def _eventually(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-

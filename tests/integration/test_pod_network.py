@@ -10,6 +10,7 @@ from weft.lab import netns, probe
 from weft.lab.libcni import PluginError
 
 from ..conftest import NODE_ADDRESS
+from ..waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def test_two_pods_reach_each_other_and_the_node(node):
     assert probe.ping(pod_a, NODE_ADDRESS)
     server = probe.serve_tcp(pod_b, 8080, "hello-from-b")
     try:
-        assert _eventually(lambda: probe.tcp_request(pod_a, ip_b, 8080) == "hello-from-b")
+        assert eventually(lambda: probe.tcp_request(pod_a, ip_b, 8080) == "hello-from-b")
     finally:
         server.kill()
         server.wait()
@@ -136,13 +137,3 @@ def test_ipv6_pool_gets_a_128_and_reaches_the_other_pod(node):
     runtime.delete("ctr-6a", netns.path(pod_a))
     runtime.delete("ctr-6b", netns.path(pod_b))
     assert node.links() == []
-
-
-def _eventually(condition, attempts: int = 20) -> bool:
-    import time
-
-    for _ in range(attempts):
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False

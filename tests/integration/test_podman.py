@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from weft.agent.install import conflist
 from weft.lab import netns, probe
 from weft.lab import podman as podman_driver
+
+from ..waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
@@ -70,21 +71,13 @@ def test_two_busybox_containers_reach_each_other_and_a_host_port(node, podman):
         return podman("exec", "client", *command, check=False)
 
     assert "1 packets received" in ask("ping", "-c", "1", "-W", "2", web_ip)
-    assert _eventually(lambda: ask("nc", "-w", "2", web_ip, "8080") == "hello-from-web")
+    assert eventually(lambda: ask("nc", "-w", "2", web_ip, "8080") == "hello-from-web")
 
     # portmap, chained after weft, publishes the container on the node's address.
     outside = _uplink_client(node)
-    assert _eventually(lambda: probe.tcp_request(outside, NODE_UPLINK, 18080) ==
+    assert eventually(lambda: probe.tcp_request(outside, NODE_UPLINK, 18080) ==
                        "hello-from-web")
 
     podman("rm", "-f", "-t", "0", "web", "client")
     assert node.allocations() == []
     assert node.links() == []
-
-
-def _eventually(condition, attempts: int = 30) -> bool:
-    for _ in range(attempts):
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False

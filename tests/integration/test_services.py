@@ -15,6 +15,8 @@ from weft.ipam.local import LocalStore
 from weft.lab import build, netns, services
 from weft.lab.matrix import ask
 
+from ..waiting import eventually
+
 pytestmark = pytest.mark.integration
 
 
@@ -62,13 +64,6 @@ def answers(state, pod: str, ip: str, protocol: str = "tcp", count: int = 1,
     return [line.split(" ")[0] for line in out.split("\n")]  # '' for each failed ask
 
 
-def eventually(condition, seconds: float = 5) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_tcp_cluster_ip_from_every_node_reaches_endpoints_on_all_nodes(lab):
