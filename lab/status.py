@@ -16,10 +16,13 @@ def show(state: LabState) -> str:
     plan = state.plan
     node_rows = []
     for node in state.nodes_present:
-        pid = state.processes.get(f"agent-{node.name}")
-        agent = f"running ({pid})" if pid and alive(pid) else "stopped"
+        def running(process: str) -> str:
+            pid = state.processes.get(f"{process}-{node.name}")
+            return f"running ({pid})" if pid and alive(pid) else "stopped"
+
         pods = sum(1 for p in state.pods.values() if p["node"] == node.name)
-        node_rows.append((node.name, node.address, f"{node.subnet.cidr}", agent, pods))
+        node_rows.append((node.name, node.address, f"{node.subnet.cidr}", running("agent"),
+                          running("proxy"), pods))
     store = LocalStore(state.datastore)
     block_rows = sorted((b["spec"]["cidr"], b["spec"]["node"], b["spec"].get("pool", "-"))
                         for b in store.list("IPAMBlock"))
@@ -43,7 +46,7 @@ def show(state: LabState) -> str:
                                    names.get(route.get("oif"), "-")))
     return (f"lab {state.name}: {len(state.nodes_present)} nodes, {len(plan.subnets)} subnets, "
             f"runtime {state.runtime}, {'ready' if state.ready else 'NOT READY'}\n\n"
-            "NODES\n" + render(("node", "address", "subnet", "agent", "pods"), node_rows)
+            "NODES\n" + render(("node", "address", "subnet", "agent", "proxy", "pods"), node_rows)
             + "\nBLOCKS\n" + render(("cidr", "node", "pool"), block_rows)
             + "\nPODS\n" + render(("pod", "ip", "node"), pod_rows)
             + "\nROUTES to other blocks\n" + render(("node", "destination", "type", "via",
