@@ -16,13 +16,10 @@ def show(state: LabState) -> str:
     plan = state.plan
     node_rows = []
     for node in state.nodes_present:
-        def running(process: str) -> str:
-            pid = state.processes.get(f"{process}-{node.name}")
-            return f"running ({pid})" if pid and alive(pid) else "stopped"
-
         pods = sum(1 for p in state.pods.values() if p["node"] == node.name)
-        node_rows.append((node.name, node.address, f"{node.subnet.cidr}", running("agent"),
-                          running("proxy"), pods))
+        node_rows.append((node.name, node.address, f"{node.subnet.cidr}",
+                          _running(state, f"agent-{node.name}"),
+                          _running(state, f"proxy-{node.name}"), pods))
     store = LocalStore(state.datastore)
     block_rows = sorted((b["spec"]["cidr"], b["spec"]["node"], b["spec"].get("pool", "-"))
                         for b in store.list("IPAMBlock"))
@@ -51,3 +48,8 @@ def show(state: LabState) -> str:
             + "\nPODS\n" + render(("pod", "ip", "node"), pod_rows)
             + "\nROUTES to other blocks\n" + render(("node", "destination", "type", "via",
                                                       "dev"), route_rows))
+
+
+def _running(state: LabState, process: str) -> str:
+    pid = state.processes.get(process)
+    return f"running ({pid})" if pid and alive(pid) else "stopped"
