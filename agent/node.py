@@ -39,7 +39,7 @@ from weft.agent.underlay import Underlay, discover
 from weft.cni.dispatch import requested_version
 from weft.cni.errors import NOT_AVAILABLE, CNIError
 from weft.ipam.allocator import IPAM, TUNNEL_HANDLE
-from weft.ipam.datastore import AlreadyExists, Datastore
+from weft.ipam.datastore import AlreadyExists, Datastore, DatastoreError
 from weft.ipam.pools import DEFAULT_POOL, pools_from_objects
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,31 @@ class NodeAgent:
                 self._applied_nat = rendered
             except Exception as err:  # reported, retried on the next pass
                 errors.append(f"failed to apply NAT rules: {err}")
+        errors += self._publish_block_usage(blocks)
         for error in errors:
             log.error("%s", error)
         self._record(want, errors, time.monotonic() - started)
+        return errors
+
+    def _publish_block_usage(self, blocks: list[dict]) -> list[str]:
+        """status.allocated of this node's blocks, written only when it changed.
+
+        Pods are allocated on the node with no API call; the count reaches the
+        API at the next reconcile, for `weft ipam show` and `kubectl get`.
+        """
+        used = {b.cidr: len(b.allocations) for b in self.ipam.blocks()}
+        errors = []
+        for block in blocks:
+            spec, status = block.get("spec") or {}, block.get("status") or {}
+            count = used.get(spec.get("cidr"))
+            if spec.get("node") != self.local.name or count is None or \
+                    status.get("allocated") == count:
+                continue
+            try:
+                self.store.set_status("IPAMBlock", block["metadata"]["name"],
+                                      {"allocated": count})
+            except DatastoreError as err:
+                errors.append(f"failed to update the usage of block {spec.get('cidr')}: {err}")
         return errors
 
     def _record(self, want, errors: list[str], seconds: float) -> None:

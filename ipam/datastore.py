@@ -74,6 +74,10 @@ class Datastore(Protocol):
                  namespace: str = "") -> None:
         """Merge annotations into an existing object (raise NotFound if it is not there)."""
 
+    def set_status(self, kind: str, name: str, status: dict[str, Any],
+                   namespace: str = "") -> None:
+        """Merge into an existing object's status (raise NotFound if it is not there)."""
+
     def revision(self, kinds: Sequence[str]) -> str:
         """A token that changes whenever an object of `kinds` changes: the watch."""
 

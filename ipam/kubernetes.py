@@ -167,6 +167,21 @@ class KubernetesStore:
         except _TRANSPORT_ERRORS as err:
             raise _failure("annotate", kind, name, namespace, err) from err
 
+    def set_status(self, kind: str, name: str, status: dict[str, Any],
+                   namespace: str = "") -> None:
+        """A merge patch of the status subresource (the spec is the owner's, not ours)."""
+        resource = self._resources[kind]
+        namespace = resource.namespace(namespace)
+        try:
+            resource.call("patch", name=name, namespace=namespace, status=True,
+                          body={"status": status}, _content_type=MERGE_PATCH)
+        except ApiException as err:
+            if err.status == 404:
+                raise NotFound(f"{kind} {_label(name, namespace)} does not exist") from err
+            raise _failure("update the status of", kind, name, namespace, err) from err
+        except _TRANSPORT_ERRORS as err:
+            raise _failure("update the status of", kind, name, namespace, err) from err
+
     def revision(self, kinds: Sequence[str]) -> str:
         """Each kind's change counter, kept by its watch thread. Never raises; only the call
         that starts a kind's watch blocks (up to `sync_timeout`, for the initial list)."""
@@ -252,21 +267,24 @@ class _Resource:
         """Namespaced kinds default to `default`, as kubectl and the local store do."""
         return (namespace or "default") if self.kind.namespaced else ""
 
-    def method(self, verb: str, namespace: str) -> tuple[Callable[..., Any], dict[str, Any]]:
-        """The client method for a verb, with the arguments that address the resource.
-        For `list` an empty namespace means all namespaces."""
+    def method(self, verb: str, namespace: str, status: bool = False,
+               ) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The client method for a verb (on the status subresource if `status`), with the
+        arguments that address the resource. For `list` an empty namespace means all."""
+        suffix = "_status" if status else ""
         if self._custom is not None:
-            return (getattr(self._api, f"{_CUSTOM_VERBS.get(verb, verb)}_cluster_custom_object"),
-                    dict(self._custom))
+            name = f"{_CUSTOM_VERBS.get(verb, verb)}_cluster_custom_object{suffix}"
+            return getattr(self._api, name), dict(self._custom)
         if not self.kind.namespaced:
-            return getattr(self._api, f"{verb}_{self._snake}"), {}
+            return getattr(self._api, f"{verb}_{self._snake}{suffix}"), {}
         if namespace:
-            return (getattr(self._api, f"{verb}_namespaced_{self._snake}"),
+            return (getattr(self._api, f"{verb}_namespaced_{self._snake}{suffix}"),
                     {"namespace": namespace})
         return getattr(self._api, f"{verb}_{self._snake}_for_all_namespaces"), {}
 
-    def call(self, verb: str, *, namespace: str = "", **kwargs: Any) -> Object:
-        method, address = self.method(verb, namespace)
+    def call(self, verb: str, *, namespace: str = "", status: bool = False,
+             **kwargs: Any) -> Object:
+        method, address = self.method(verb, namespace, status)
         response = method(**address, **kwargs, _preload_content=False,
                           _request_timeout=REQUEST_TIMEOUT)
         try:

@@ -99,6 +99,15 @@ class LocalStore:
             meta["annotations"] = merged
             self.apply(current)
 
+    def set_status(self, kind: str, name: str, status: dict, namespace: str = "") -> None:
+        current = self.get(kind, name, namespace)
+        if current is None:
+            raise NotFound(f"{kind} {name} does not exist")
+        merged = {**(current.get("status") or {}), **status}
+        if merged != current.get("status"):
+            current["status"] = merged
+            self.apply(current)
+
     def revision(self, kinds: Sequence[str]) -> str:
         """Names, sizes and modification times of the kinds' files: cheap to poll."""
         parts = []

@@ -187,6 +187,19 @@ def test_annotate_merges_and_needs_the_object(backend: Backend) -> None:
     assert store.get("Node", "nowhere") is None
 
 
+def test_set_status_merges_into_the_status_and_needs_the_object(backend: Backend) -> None:
+    store = backend.store
+    store.create({"apiVersion": "weft.dev/v1", "kind": "IPAMBlock",
+                  "metadata": {"name": "10-244-0-0-26"},
+                  "spec": {"cidr": "10.244.0.0/26", "node": "n1", "pool": "default"}})
+    store.set_status("IPAMBlock", "10-244-0-0-26", {"allocated": 3})
+    block = store.get("IPAMBlock", "10-244-0-0-26")
+    assert block["status"] == {"allocated": 3}
+    assert block["spec"]["node"] == "n1"
+    with pytest.raises(NotFound):
+        store.set_status("IPAMBlock", "10-9-9-0-26", {"allocated": 1})
+
+
 def test_revision_changes_with_the_watched_kinds_and_only_then(backend: Backend) -> None:
     store = backend.store
     kinds = ["IPPool", "IPAMBlock"]
