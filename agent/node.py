@@ -130,6 +130,10 @@ class NodeAgent:
         pools, problems = pools_from_objects(self.store.list("IPPool"))
         for problem in problems:
             log.warning("ignoring a broken IPPool: %s", problem)
+        try:
+            self.ipam.refresh_pools()  # the per-pod path reads pools from this copy
+        except CNIError as err:
+            log.warning("could not refresh the node's copy of the pools: %s", err)
         blocks = self.store.list("IPAMBlock")
         peers = peers_from_nodes(self.store.list("Node"))
         peers.pop(self.local.name, None)

@@ -32,6 +32,8 @@ from weft.ipam.pools import Pool, PoolError, block_name, parse_pool, start_index
 log = logging.getLogger(__name__)
 
 TUNNEL_HANDLE = "vxlan-tunnel"
+POOL_CACHE = "pools.json"
+POOL_CACHE_SECONDS = 60.0
 
 
 @dataclass
@@ -160,7 +162,7 @@ class IPAM:
 
     def active_pools(self) -> list[Pool]:
         """The pools this node allocates from: inline ones, or the datastore's enabled ones."""
-        pools = self._inline_pools if self._inline_pools is not None else self._datastore_pools()
+        pools = self._inline_pools if self._inline_pools is not None else self._cached_pools()
         usable = [p for p in pools if not p.disabled]
         if not usable:
             raise CNIError(
@@ -171,7 +173,41 @@ class IPAM:
             )
         return usable
 
+    def refresh_pools(self) -> list[Pool]:
+        """Read the pools from the datastore and keep them for the per-pod path."""
+        pools = self._datastore_pools()
+        body = [{"name": p.name, "spec": {"cidr": str(p.cidr), "blockSize": p.block_size,
+                                          "vxlanMode": p.vxlan_mode,
+                                          "natOutgoing": p.nat_outgoing,
+                                          "disabled": p.disabled}} for p in pools]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(body, out)
+        os.replace(tmp, self.dir / POOL_CACHE)
+        return pools
+
     # -- internals -----------------------------------------------------------
+
+    def _cached_pools(self) -> list[Pool]:
+        """Pools without an API round trip per pod: the node's copy while it is fresh
+        (the agent refreshes it on every reconcile), and while the datastore is away."""
+        path = self.dir / POOL_CACHE
+        try:
+            age = time.time() - path.stat().st_mtime
+            cached = [parse_pool(p["spec"], p["name"]) for p in json.loads(path.read_text())]
+        except (OSError, ValueError, KeyError, PoolError):
+            cached, age = None, float("inf")
+        if cached and age < POOL_CACHE_SECONDS:  # no pools yet: always ask again
+            return cached
+        try:
+            return self.refresh_pools()
+        except CNIError as err:
+            if cached is None or err.code != DATASTORE:
+                raise
+            log.warning("datastore unavailable (%s); using the pools read %.0fs ago",
+                        err.details or err.msg, age)
+            return cached
 
     def _datastore_pools(self) -> list[Pool]:
         try:

@@ -1,5 +1,7 @@
 """Allocation on a node, against the local datastore in a temporary directory."""
 
+import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import netaddr
@@ -7,6 +9,7 @@ import pytest
 
 from weft.cni.errors import CNIError
 from weft.ipam.allocator import IPAM, TUNNEL_HANDLE
+from weft.ipam.datastore import DatastoreError
 from weft.ipam.local import LocalStore
 from weft.ipam.pools import parse_pool
 
@@ -115,3 +118,40 @@ def test_blocks_of_overlapping_pools_never_overlap(tmp_path):
     small.assign("y/eth0", "y", "eth0")
     (big_block,), (small_block,) = big.blocks(), small.blocks()
     assert not netaddr.IPSet([big_block.cidr]) & netaddr.IPSet([small_block.cidr])
+
+
+class CountingStore(LocalStore):
+    """A local store that counts reads and can go away, as an API server can."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.reads, self.away = 0, False
+
+    def list(self, kind, namespace=""):
+        self.reads += 1
+        if self.away:
+            raise DatastoreError("connection refused")
+        return super().list(kind, namespace)
+
+    def get(self, kind, name, namespace=""):
+        self.reads += 1
+        if self.away:
+            raise DatastoreError("connection refused")
+        return super().get(kind, name, namespace)
+
+
+def test_pods_cost_no_datastore_reads_and_survive_the_datastore_going_away(tmp_path):
+    store = CountingStore(tmp_path / "ds")
+    store.create({"apiVersion": "weft.dev/v1", "kind": "IPPool", "metadata": {"name": "p"},
+                  "spec": {"cidr": "10.250.0.0/16", "blockSize": 26}})
+    ipam = IPAM(store, tmp_path / "n1", "n1")
+    ipam.assign("first/eth0", "first", "eth0")  # reads pools, claims a block
+    reads = store.reads
+    for i in range(5):
+        ipam.assign(f"p{i}/eth0", f"p{i}", "eth0")
+    assert store.reads == reads
+
+    store.away = True
+    stale = time.time() - 3600
+    os.utime(tmp_path / "n1" / "ipam" / "pools.json", (stale, stale))
+    assert ipam.assign("later/eth0", "later", "eth0")[0].address.startswith("10.250.")
