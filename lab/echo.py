@@ -16,6 +16,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 
 
 def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
@@ -78,13 +79,21 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--timeout", type=float, default=2.0)
     a.add_argument("--source-port", type=int, default=0)
     a.add_argument("--count", type=int, default=1, help="ask this many times, a line each")
+    a.add_argument("--interval", type=float, default=0.0, help="seconds between asks")
+    a.add_argument("--timestamps", action="store_true",
+                   help="start each line with the monotonic clock (shared by all processes)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.name, args.tcp, args.udp)
     else:
-        answers = [ask(args.protocol, args.host, args.port, args.timeout, args.source_port)
-                   for _ in range(args.count)]
-        print("\n".join(answers))
+        answers = []
+        for i in range(args.count):
+            if i and args.interval:
+                time.sleep(args.interval)
+            answer = ask(args.protocol, args.host, args.port, args.timeout, args.source_port)
+            answers.append(answer)
+            print(f"{time.monotonic():.3f} {answer}" if args.timestamps else answer,
+                  flush=True)
         sys.exit(0 if all(answers) else 1)
 
 
