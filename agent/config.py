@@ -28,6 +28,7 @@ class AgentConfig:
     resync_seconds: float = 10.0
     kubeconfig: str = ""
     leak_check_seconds: float = 300.0
+    cni_kubeconfig: str = ""
 
     @property
     def datastore_location(self) -> str:
@@ -51,6 +52,7 @@ class AgentConfig:
             resync_seconds=args.resync_seconds,
             kubeconfig=args.kubeconfig,
             leak_check_seconds=args.leak_check_seconds,
+            cni_kubeconfig=args.cni_kubeconfig,
         )
 
 
@@ -79,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write 10-weft.conflist here once ready (e.g. /etc/cni/net.d)")
     parser.add_argument("--health-address", default=env("WEFT_HEALTH_ADDRESS", "0.0.0.0:9645"),
                         help="host:port for /healthz, /readyz and /metrics")
+    parser.add_argument("--cni-kubeconfig", default=env("WEFT_CNI_KUBECONFIG", ""),
+                        help="keep this kubeconfig for the CNI binary fresh from the agent's "
+                             "service account token (e.g. /etc/cni/net.d/weft-kubeconfig)")
     parser.add_argument("--leak-check-seconds", type=float,
                         default=float(env("WEFT_LEAK_CHECK_SECONDS", "300")),
                         help="how often to release addresses of pods gone from API and node")

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -22,7 +23,12 @@ from weft.agent import leaks, nat, vxlan
 from weft.agent.cni_server import Runner, default_runners
 from weft.agent.config import AgentConfig
 from weft.agent.dataplane import PROTO, Dataplane, LinuxDataplane
-from weft.agent.install import conflist, install_conflist
+from weft.agent.install import (
+    InstallError,
+    conflist,
+    install_conflist,
+    kubeconfig_from_service_account,
+)
 from weft.agent.iptables import Applier, Iptables
 from weft.agent.metrics import Metrics
 from weft.agent.routes import (
@@ -45,6 +51,7 @@ from weft.ipam.pools import DEFAULT_POOL, pools_from_objects
 log = logging.getLogger(__name__)
 
 WATCHED = ("IPAMBlock", "Node", "IPPool")
+TOKEN_REFRESH_SECONDS = 600.0
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x40
 
 
@@ -200,8 +207,14 @@ class NodeAgent:
                          daemon=True).start()
         threading.Thread(target=self._watch_kernel, name="watch-kernel", daemon=True).start()
         last_full = last_leak_check = time.monotonic()
+        last_token = 0.0
         while not stop.is_set():
-            self._wake.wait(timeout=self.config.resync_seconds)
+            if self.config.cni_kubeconfig and \
+                    time.monotonic() - last_token >= TOKEN_REFRESH_SECONDS:
+                last_token = time.monotonic()
+                self._refresh_cni_kubeconfig()
+            self._wake.wait(timeout=min(self.config.resync_seconds,
+                                        self.config.leak_check_seconds))
             self._wake.clear()
             if stop.is_set():
                 break
@@ -245,6 +258,13 @@ class NodeAgent:
                             event == "RTM_DELNEIGH" or \
                             (event == "RTM_DELLINK" and msg.get("ifname") == VXLAN_DEVICE):
                         self.wake()
+
+    def _refresh_cni_kubeconfig(self) -> None:
+        """Service account tokens expire; the host's CNI binary needs a live one."""
+        try:
+            kubeconfig_from_service_account(Path(self.config.cni_kubeconfig))
+        except InstallError as err:
+            log.warning("could not refresh %s: %s", self.config.cni_kubeconfig, err)
 
     def check_leaks(self) -> list[str]:
         """Release addresses whose pod is gone from both the API and this node."""

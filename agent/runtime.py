@@ -53,9 +53,35 @@ def interpreter(runtime: Path) -> Path:
     return runtime / "bin" / "python3"
 
 
+def needs_libpython() -> bool:
+    """Whether the interpreter binary loads libpython at run time.
+
+    Py_ENABLE_SHARED is not enough: Debian builds the shared library but links its
+    /usr/bin/python3.11 statically. The binary's dynamic string table names every
+    library it needs, so look for the library's name there.
+    """
+    name = sysconfig.get_config_var("INSTSONAME") or ""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not name:
+        return False
+    return name.encode() in Path(os.path.realpath(sys.executable)).read_bytes()
+
+
 def library_path(runtime: Path) -> str:
     """LD_LIBRARY_PATH the interpreter needs ('' when libpython is linked in)."""
-    return str(runtime / "lib") if sysconfig.get_config_var("Py_ENABLE_SHARED") else ""
+    return str(runtime / "lib") if needs_libpython() else ""
+
+
+def site_packages_relative() -> Path:
+    """Where this interpreter's site module looks for packages, relative to its prefix:
+    lib/python3.11/site-packages here, lib/python3/dist-packages on Debian."""
+    import site
+
+    prefix = Path(sys.prefix)
+    for candidate in site.getsitepackages():
+        path = Path(candidate)
+        if path.is_relative_to(prefix):
+            return path.relative_to(prefix)
+    raise RuntimeError("this interpreter has no site-packages directory under its prefix")
 
 
 def dependency_closure(name: str) -> list[metadata.Distribution]:
@@ -82,7 +108,7 @@ def dependency_closure(name: str) -> list[metadata.Distribution]:
 def _copy_interpreter(target: Path) -> None:
     (target / "bin").mkdir()
     shutil.copy2(os.path.realpath(sys.executable), interpreter(target))
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+    if needs_libpython():
         libdir = Path(sysconfig.get_config_var("LIBDIR"))
         name = sysconfig.get_config_var("INSTSONAME")
         (target / "lib").mkdir(exist_ok=True)
@@ -95,8 +121,8 @@ def _copy_stdlib(target: Path) -> Path:
     shutil.copytree(stdlib, dest, symlinks=False, ignore=lambda d, names: [
         n for n in names if (Path(d) == stdlib and (n in SKIP_STDLIB or
                                                     n.startswith("config-")))])
-    site = dest / "site-packages"
-    site.mkdir(exist_ok=True)
+    site = target / site_packages_relative()
+    site.mkdir(parents=True, exist_ok=True)
     return site
 
 

@@ -51,12 +51,17 @@ class ApiServer(kmock.KubernetesEmulator):
     expire_next: int = 0
     conflicts: int = 0
     deletes: list[dict[str, str]] = attrs.field(factory=list)
+    calls: list[tuple[str, str, str, dict[str, str]]] = attrs.field(factory=list)
 
     def _next_version(self) -> str:
         self.version += 1
         return str(self.version)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # Who asked for what: (bearer token, HTTP method, path, query), for RBAC checks.
+        self.calls.append((request.headers.get("Authorization", ""),
+                           str(getattr(request.method, "value", request.method)).upper(),
+                           request.url.path, dict(request.url.query)))
         if request.resource is not None and request.action == kmock.action.DELETE:
             self.deletes.append(dict(request.params))  # propagationPolicy is a query parameter
         if request.resource is not None and isinstance(request.data, dict):
@@ -161,11 +166,11 @@ class Emulator:
         """Run a coroutine on the emulator's loop (its state is not thread-safe)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
-    def kubeconfig(self, path: Path) -> Path:
+    def kubeconfig(self, path: Path, token: str = "test-token") -> Path:
         path.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
             f"clusters: [{{name: kmock, cluster: {{server: '{self.url}'}}}}]\n"
-            "users: [{name: test, user: {token: test-token}}]\n"
+            f"users: [{{name: test, user: {{token: {token}}}}}]\n"
             "contexts: [{name: kmock, context: {cluster: kmock, user: test}}]\n")
         return path
 

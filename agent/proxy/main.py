@@ -13,7 +13,7 @@ from weft.agent import metrics
 from weft.agent.iptables import Iptables
 from weft.agent.proxy import proxier, render
 from weft.agent.proxy.model import service_ports
-from weft.ipam.datastore import Datastore
+from weft.ipam.datastore import Datastore, DatastoreError
 from weft.ipam.pools import DEFAULT_POOL, pools_from_objects
 from weft.table import render as table
 
@@ -39,7 +39,11 @@ def cluster_cidr(store: Datastore, given: str) -> str:
     """The pods' CIDR: traffic from outside it to a cluster IP is masqueraded."""
     if given:
         return given
-    pools, _ = pools_from_objects(store.list("IPPool"))
+    try:
+        pools, _ = pools_from_objects(store.list("IPPool"))
+    except DatastoreError as err:
+        log.warning("could not read the pools (%s); assuming %s", err, DEFAULT_POOL["cidr"])
+        return DEFAULT_POOL["cidr"]
     v4 = [p for p in pools if p.family == 4]
     return str(v4[0].cidr) if v4 else DEFAULT_POOL["cidr"]
 

@@ -7,9 +7,12 @@ the wire, as they reach the API server in a cluster.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ import netaddr
 import pytest
 
 from weft.agent.dataplane import LinuxDataplane
+from weft.agent.install import install_binaries
 from weft.cni.netns import entered
 from weft.ipam.kubernetes import KubernetesStore
 from weft.lab import netns, services, wiring
@@ -47,10 +51,11 @@ class Cluster:
     def node(self, i: int) -> str:
         return f"{self.name}-n{i}"
 
-    def start(self, node: str, *command: str) -> None:
+    def start(self, node: str, *command: str, env: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{node}-{command[0]}.log", "ab")  # noqa: SIM115
         self.processes.append(netns.popen(node, [sys.executable, "-m", "weft", *command],
-                                          stdout=log, stderr=subprocess.STDOUT))
+                                          stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, **(env or {})}))
 
 
 @pytest.fixture
@@ -71,12 +76,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             wiring.sysctls(node, {"net/ipv4/ip_forward": "1"})
         with Emulator(netns=netns.path(f"{name}-api"), host="0.0.0.0") as emulator:
             port = int(emulator.url.rsplit(":", 1)[1])
-            kubeconfig = tmp_path / "kubeconfig"
-            emulator.url = f"http://{API_ADDRESS}:{port}"
-            emulator.kubeconfig(kubeconfig)
             local = tmp_path / "kubeconfig-local"
             emulator.url = f"http://127.0.0.1:{port}"
-            emulator.kubeconfig(local)
+            emulator.kubeconfig(local, token="admin")
+            emulator.url = f"http://{API_ADDRESS}:{port}"  # as the nodes reach it
+            kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", token="weft-node")
             store = KubernetesStore(str(local))
             the_cluster = Cluster(name, tmp_path, emulator, store, kubeconfig)
             try:
@@ -161,3 +165,102 @@ def test_a_proxy_renders_services_created_through_the_api(cluster):
         cluster.store.apply(services.endpoint_slice("echo", {"web-a": pods["web-a"]}))
     assert eventually(lambda: "10.244.2.6" not in netns.run(
         node, ["iptables-save", "-t", "nat"]).stdout.decode())
+
+
+WEFT_YAML = Path(__file__).resolve().parents[2] / "manifests" / "weft.yaml"
+
+
+def api_calls(calls, token: str) -> set[tuple[str, str, str]]:
+    """(API group, resource[/subresource], verb) of every request made with `token`."""
+    found = set()
+    for auth, method, path, query in calls:
+        if auth != f"Bearer {token}":
+            continue
+        parts = path.strip("/").split("/")
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        if rest[:1] == ["namespaces"] and len(rest) > 2:
+            rest = rest[2:]
+        resource, name, sub = rest[0], rest[1] if len(rest) > 1 else "", rest[2:]
+        if method == "GET":
+            verb = "get" if name else "watch" if query.get("watch") in ("true", "1") \
+                else "list"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete" if name else "deletecollection"}[method]
+        found.add((group, "/".join([resource, *sub]), verb))
+    return found
+
+
+def granted(account: str) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the manifests grant a ServiceAccount."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(WEFT_YAML.read_text()) if d]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    bound = [roles[d["roleRef"]["name"]] for d in docs if d["kind"] == "ClusterRoleBinding"
+             and any(s["name"] == account for s in d["subjects"])]
+    return {(group, resource, verb) for role in bound for rule in role["rules"]
+            for group in rule.get("apiGroups", []) for resource in rule["resources"]
+            for verb in rule["verbs"]}
+
+
+def deployed_env() -> dict[str, str]:
+    """The environment the DaemonSets give weft: the ConfigMap in manifests/weft.yaml."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(WEFT_YAML.read_text()) if d]
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and
+                 d["metadata"]["name"] == "weft-config"]
+    return {k: v for k, v in config["data"].items() if k.startswith("WEFT_")}
+
+
+def test_rbac_grants_exactly_the_calls_the_code_makes(cluster):
+    """Run what runs on a node as the manifests run it (agents, the proxy, the CNI binary
+    doing an ADD and a DEL itself) against the API, record every request, and compare
+    with the ClusterRoles."""
+    with cluster.api():
+        for i in (1, 2):
+            cluster.store.create({"apiVersion": "v1", "kind": "Node",
+                                  "metadata": {"name": cluster.node(i)}})
+        cluster.store.apply(services.echo_service())
+        cluster.store.apply(services.endpoint_slice(
+            "echo", {"a": {"ip": "10.244.1.5", "node": cluster.node(1)}}))
+    env = {**deployed_env(), "WEFT_CNI_KUBECONFIG": str(cluster.root / "cni-kubeconfig")}
+    proxy_config = cluster.emulator.kubeconfig(cluster.root / "proxy-kubeconfig", "weft-proxy")
+    for i in (1, 2):
+        node = cluster.node(i)
+        cluster.start(node, "agent", "--node-name", node, "--kubeconfig", str(cluster.kubeconfig),
+                      "--state-dir", str(cluster.root / node / "state"),
+                      "--socket", str(cluster.root / node / "cni.sock"),
+                      "--cni-conf-dir", str(cluster.root / node / "net.d"),
+                      "--health-address", "127.0.0.1:9645", "--leak-check-seconds", "1",
+                      env=env)
+    cluster.start(cluster.node(1), "proxy", "--node-name", cluster.node(1), "--kubeconfig",
+                  str(proxy_config), "--health-address", "127.0.0.1:9646", env=env)
+    ready = cluster.root / cluster.node(1) / "net.d" / "10-weft.conflist"
+    assert eventually(ready.exists, seconds=30)
+
+    # The CNI binary doing the work itself (no agent socket), as the install step sets it up.
+    bin_dir = cluster.root / "cni-bin"
+    install_binaries(bin_dir)
+    pod = f"{cluster.name}-p1"
+    netns.create(pod)
+    try:
+        conf = json.dumps({"cniVersion": "1.0.0", "name": "weft", "type": "weft",
+                           "datastore": "kubernetes", "kubeconfig": str(cluster.kubeconfig),
+                           "nodeName": cluster.node(1), "socket": "/nonexistent",
+                           "stateDir": str(cluster.root / "cni-state"),
+                           "ipam": {"type": "weft-ipam"}}).encode()
+        for command in ("ADD", "DEL"):
+            proc = netns.run(cluster.node(1), [str(bin_dir / "weft")], input=conf, env={
+                "PATH": "/usr/sbin:/usr/bin:/bin", "CNI_COMMAND": command,
+                "CNI_CONTAINERID": "rbac", "CNI_NETNS": netns.path(pod), "CNI_IFNAME": "eth0",
+                "CNI_PATH": str(bin_dir)}, check=False)
+            assert proc.returncode == 0, proc.stdout.decode()
+    finally:
+        netns.remove(pod)
+    time.sleep(2.5)  # a leak check, watches and a proxy sync have run by now
+
+    calls = cluster.emulator.api.calls
+    assert api_calls(calls, "weft-node") == granted("weft-node")
+    assert api_calls(calls, "weft-proxy") == granted("weft-proxy")
