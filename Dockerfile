@@ -27,7 +27,7 @@ FROM debian:bookworm-slim
 # iptables: iptables-restore for the agent's NAT chains and the proxy's rules, with the
 # nft backend that current kind nodes use. iproute2 and conntrack: to look at a node.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 libpython3.11 \
+ && apt-get install -y --no-install-recommends python3 \
         iptables iproute2 conntrack ca-certificates \
  && update-alternatives --set iptables /usr/sbin/iptables-nft \
  && update-alternatives --set ip6tables /usr/sbin/ip6tables-nft \
