@@ -39,14 +39,25 @@ class Jump:
         return [*self.match.split(), "-m", "comment", "--comment", self.comment,
                 "-j", self.target]
 
+    def restore_line(self) -> str:
+        """The jump as a line of iptables-restore input (added without a flush)."""
+        where = f"-I {self.chain} 1" if self.first else f"-A {self.chain}"
+        return f"{where} " + " ".join(_quote(self.spec()))
+
+    def found_in(self, rules: Sequence[str]) -> bool:
+        """Is this jump among `rules` as iptables-save prints them?"""
+        return any(f"-j {self.target}" in r and f'"{self.comment}"' in r for r in rules)
+
 
 def restore_text(table: str, chains: dict[str, Sequence[str]],
-                 delete: Sequence[str] = ()) -> str:
-    """The input for iptables-restore: declare (so flush) and fill `chains`, drop `delete`."""
+                 delete: Sequence[str] = (), jumps: Sequence[Jump] = ()) -> str:
+    """The input for iptables-restore: declare (so flush) and fill `chains`, add the
+    `jumps` to built-in chains (not flushed: they are not declared), drop `delete`."""
     lines = [f"*{table}"]
     lines += [f":{name} - [0:0]" for name in [*chains, *delete]]
     for rules in chains.values():
         lines += rules
+    lines += [jump.restore_line() for jump in jumps]
     lines += [f"-X {name}" for name in delete]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -54,7 +65,7 @@ def restore_text(table: str, chains: dict[str, Sequence[str]],
 
 class Applier(Protocol):
     def restore(self, table: str, chains: dict[str, Sequence[str]],
-                delete: Sequence[str] = ()) -> None: ...
+                delete: Sequence[str] = (), jumps: Sequence[Jump] = ()) -> None: ...
 
     def ensure_jump(self, jump: Jump) -> bool: ...
 
@@ -70,8 +81,8 @@ class Iptables:
         self.prefix = "iptables" if family == 4 else "ip6tables"
 
     def restore(self, table: str, chains: dict[str, Sequence[str]],
-                delete: Sequence[str] = ()) -> None:
-        text = restore_text(table, chains, delete)
+                delete: Sequence[str] = (), jumps: Sequence[Jump] = ()) -> None:
+        text = restore_text(table, chains, delete, jumps)
         proc = subprocess.run([f"{self.prefix}-restore", "--noflush", "-w", "5"],
                               input=text.encode(), capture_output=True)
         if proc.returncode != 0:
@@ -129,7 +140,7 @@ class FakeIptables:
     tables: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def restore(self, table: str, chains: dict[str, Sequence[str]],
-                delete: Sequence[str] = ()) -> None:
+                delete: Sequence[str] = (), jumps: Sequence[Jump] = ()) -> None:
         current = self.tables.setdefault(table, {})
         for name, rules in chains.items():
             for rule in rules:
@@ -142,6 +153,8 @@ class FakeIptables:
                             target not in current:
                         raise IptablesError(f"rule {rule!r} jumps to missing chain {target}")
             current[name] = list(rules)
+        for jump in jumps:
+            self.ensure_jump(jump)
         for name in delete:
             referenced = any(f"-j {name}" in r for c, rules in current.items() if c != name
                              and c not in delete for r in rules)

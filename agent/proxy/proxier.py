@@ -119,21 +119,23 @@ class Proxier:
     def _apply(self, wanted: dict[str, dict[str, list[str]]], full: bool) -> tuple[int, int]:
         written = deleted = 0
         for table, chains in wanted.items():
+            jumps: list = []
             if full:
+                # One read of the table finds leftovers of an earlier run and the jumps
+                # that are missing; both are fixed in the same restore.
                 existing = self.iptables.chains(table)
                 changed = dict(chains)
                 gone = [c for c in existing if owned(c) and c not in chains]
+                jumps = [j for j in render.JUMPS if j.table == table
+                         and not j.found_in(existing.get(j.chain, []))]
             else:
                 before = (self._applied or {}).get(table, {})
                 changed = {c: r for c, r in chains.items() if before.get(c) != r}
                 gone = [c for c in before if c not in chains]
-            if changed or gone:
-                self.iptables.restore(table, changed, delete=gone)
+            if changed or gone or jumps:
+                self.iptables.restore(table, changed, delete=gone, jumps=jumps)
             written += len(changed)
             deleted += len(gone)
-        if full:
-            for jump in render.JUMPS:
-                self.iptables.ensure_jump(jump)
         return written, deleted
 
     def applied(self) -> dict[str, dict[str, list[str]]]:

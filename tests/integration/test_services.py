@@ -217,6 +217,9 @@ def test_another_programs_prerouting_rule_survives_every_sync(lab):
         check = netns.run(node, ["iptables", "-t", "nat", "-C", "PREROUTING", *rule],
                           check=False)
         assert check.returncode == 0
+        # The restarted proxy's full sync found its jump and did not add another.
+        prerouting = netns.run(node, ["iptables", "-t", "nat", "-S", "PREROUTING"]).stdout
+        assert prerouting.decode().count("-j WEFT-SERVICES") == 1
         assert all(answers(lab, pods_on(lab, "node1")[0], services.CLUSTER_IP, count=3))
     finally:
         netns.run(node, ["iptables", "-t", "nat", "-D", "PREROUTING", *rule], check=False)
