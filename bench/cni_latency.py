@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, namespace, reexec_inside, summary
+from common import machine, namespace, node_with_underlay, reexec_inside, summary
 
 from weft.agent.install import install_binaries
 from weft.lab import netns
@@ -77,8 +77,11 @@ def measure(pods: int, parallel: int) -> dict[str, dict]:
     agent = subprocess.Popen([sys.executable, "-m", "weft", "agent", "--node-name", "bench",
                               "--datastore-path", str(work / "ds"), "--state-dir",
                               str(work / "state"), "--socket", str(work / "cni.sock"),
-                              "--default-pool", "none"], stderr=subprocess.DEVNULL)
+                              "--health-address", "127.0.0.1:9645"],
+                             stderr=subprocess.DEVNULL)
     while not (work / "cni.sock").exists():
+        if agent.poll() is not None:
+            raise RuntimeError("the agent did not start")
         time.sleep(0.05)
     names = [f"wbp{os.getpid()}-{i}" for i in range(pods)]
     for name in names:
@@ -129,6 +132,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.inside:
         with namespace() as ns:
+            node_with_underlay(ns)
             return reexec_inside(ns, [__file__, "--inside", "--pods", str(args.pods),
                                       "--parallel", str(args.parallel)])
     results = measure(args.pods, args.parallel)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, namespace
+from common import machine, namespace, node_with_underlay
 
 from weft.agent.dataplane import PROTO
 from weft.ipam.local import LocalStore
@@ -37,13 +37,6 @@ def remote(i: int) -> tuple[str, str, str, str]:
 def count_routes(ns: str) -> int:
     with netns.iproute(ns) as ipr:
         return len(ipr.get_routes(family=2, table=254, proto=PROTO))
-
-
-def node_with_underlay(ns: str) -> None:
-    netns.run(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"])
-    netns.run(ns, ["ip", "addr", "add", "172.31.0.1/24", "dev", "eth0"])
-    netns.run(ns, ["ip", "link", "set", "eth0", "up"])
-    netns.run(ns, ["ip", "route", "add", "default", "via", "172.31.0.254"])
 
 
 def weft_agent(blocks: int) -> float:

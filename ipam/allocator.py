@@ -27,7 +27,14 @@ import netaddr
 
 from weft.cni.errors import DATASTORE, INVALID_CONFIG, POOL_EXHAUSTED, CNIError
 from weft.ipam.datastore import AlreadyExists, Datastore, DatastoreError, Object
-from weft.ipam.pools import Pool, PoolError, block_name, parse_pool, start_index
+from weft.ipam.pools import (
+    Pool,
+    PoolError,
+    block_name,
+    parse_pool,
+    pools_from_objects,
+    start_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,21 +217,17 @@ class IPAM:
             return cached
 
     def _datastore_pools(self) -> list[Pool]:
+        """The datastore's pools for this node; a broken one is skipped, not fatal."""
         try:
             objects = self.store.list("IPPool")
             node = self.store.get("Node", self.node) or {}
         except DatastoreError as err:
             raise CNIError(DATASTORE, "failed to read IP pools", str(err)) from err
         labels = (node.get("metadata") or {}).get("labels") or {}
-        pools = []
-        for obj in objects:
-            try:
-                pool = parse_pool(obj.get("spec") or {}, obj["metadata"]["name"])
-            except PoolError as err:
-                raise CNIError(INVALID_CONFIG, "invalid IPPool", str(err)) from err
-            if pool.selects(labels):
-                pools.append(pool)
-        return pools
+        pools, problems = pools_from_objects(objects)
+        for problem in problems:
+            log.warning("ignoring a broken IPPool: %s", problem)
+        return [p for p in pools if p.selects(labels)]
 
     def _block_with_space_locked(self, blocks: dict[str, Block], pools: list[Pool]) -> Block:
         for block in sorted(blocks.values(), key=lambda b: netaddr.IPNetwork(b.cidr)):
