@@ -194,9 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sys.exit(args.func(args))
     except (UserError, DatastoreError, UnderlayError, IptablesError, InstallError,
-            lab_cli.LabCommandError) as err:
+            lab_cli.LabCommandError, CNIError) as err:
         sys.exit(f"weft: {err}")
-    except CNIError as err:
-        sys.exit(f"weft: {err}")
+    except PermissionError as err:
+        sys.exit(f"weft: {err.strerror}: {err.filename or ''} (weft needs root)")
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as err:  # one line for people; the traceback with -v
+        if args.verbose:
+            raise
+        sys.exit(f"weft: {type(err).__name__}: {err} (run with -v for details)")
