@@ -16,6 +16,7 @@ from weft.agent.dataplane import PROTO
 from weft.agent.install import CONFLIST_NAME
 from weft.agent.iptables import Iptables
 from weft.agent.node import NodeAgent
+from weft.agent.proxy import proxier
 from weft.agent.routes import VXLAN_DEVICE
 from weft.ipam.plugin import datastore
 
@@ -50,7 +51,8 @@ def run(config: AgentConfig) -> int:
 
 
 def cleanup(config: AgentConfig) -> int:
-    """Remove what weft made on this node: routes, the tunnel, NAT chains, its config."""
+    """Remove what weft made on this node: routes, the tunnel, every weft iptables chain
+    (the service proxy's too: stop it first), and the CNI config if it wrote one."""
     with IPRoute() as ipr:
         routes = ipr.get_routes(proto=PROTO, table=254)
         for route in routes:
@@ -59,8 +61,10 @@ def cleanup(config: AgentConfig) -> int:
         print(f"removed {len(routes)} routes of protocol {PROTO}")
         if vxlan.remove(ipr):
             print(f"removed {VXLAN_DEVICE}")
-    nat.remove(Iptables())
-    print(f"removed iptables chains {nat.NAT_CHAIN} and {nat.FORWARD_CHAIN}")
+    iptables = Iptables()
+    proxier.remove(iptables)  # the service proxy's chains come out first: they use the mark
+    nat.remove(iptables)
+    print(f"removed the service proxy's chains, {nat.NAT_CHAIN} and {nat.FORWARD_CHAIN}")
     if config.cni_conf_dir:
         path = Path(config.cni_conf_dir) / CONFLIST_NAME
         if path.exists():

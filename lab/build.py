@@ -257,8 +257,8 @@ def wait_for_service(state: LabState, cluster_ip: str, timeout: float = 30) -> N
     """Until every node's proxy has programmed `cluster_ip`."""
     deadline = time.monotonic() + timeout
     for node in state.nodes_present:
-        while cluster_ip not in netns.run(node.netns, ["iptables-save", "-t", "nat"]
-                                          ).stdout.decode():
+        # In nat when the Service has endpoints, in filter (REJECT) when it has none.
+        while cluster_ip not in netns.run(node.netns, ["iptables-save"]).stdout.decode():
             if time.monotonic() > deadline:
                 log = state.node_dir(node.name) / "proxy.log"
                 raise LabError(f"the proxy on {node.name} did not program {cluster_ip}; "

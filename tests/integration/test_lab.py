@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from weft.agent.routes import VXLAN_DEVICE
-from weft.lab import build, matrix, netns, probe, topology
+from weft.lab import build, matrix, netns, podman, probe, topology
 from weft.lab.state import lab_root
 
 from ..waiting import eventually
@@ -82,8 +83,8 @@ def test_default_lab_passes_its_whole_matrix(make_lab):
     checks = matrix.run(state)
     failed = [c for c in checks if not c.passed]
     assert failed == []
-    # every pod pair both ways (icmp + tcp), every node, the internet
-    assert len(checks) == 6 * 5 * 2 + 6 * 3 + 6
+    # every pod pair both ways (icmp + tcp), every node, the Service, the internet
+    assert len(checks) == 6 * 5 * 2 + 6 * 3 + 6 * 2 + 6 + 3  # + cluster IP, NAT, node ports
     nat = [c for c in checks if c.kind == "nat"]
     assert len(nat) == 6 and all(c.passed for c in nat)
 
@@ -162,7 +163,7 @@ def test_removing_a_node_releases_its_blocks_everywhere(make_lab):
         return all(block3 not in _weft_state(n)["routes"] and not _weft_state(n)["fdb"]
                    and not _weft_state(n)["neighbours"]
                    for n in (f"{state.name}-node1", f"{state.name}-node2"))
-    assert eventually(gone, seconds=3)
+    assert eventually(gone, seconds=1.5)
     from weft.ipam.local import LocalStore
 
     blocks = LocalStore(state.datastore).list("IPAMBlock")
@@ -170,7 +171,9 @@ def test_removing_a_node_releases_its_blocks_everywhere(make_lab):
     assert all(c.passed for c in matrix.run(state))
 
 
-def test_sigkill_and_restart_under_traffic_loses_nothing_and_changes_nothing(make_lab):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_agent_restart_under_traffic_loses_nothing_and_changes_nothing(make_lab, sig):
+    """Killed or stopped cleanly, the agent leaves everything up, and a new one adopts it."""
     state = make_lab(pods_per_node=1)
     nodes = [f"{state.name}-node1", f"{state.name}-node3"]
     before = {n: _weft_state(n) for n in nodes}
@@ -179,7 +182,7 @@ def test_sigkill_and_restart_under_traffic_loses_nothing_and_changes_nothing(mak
                        stdout=subprocess.PIPE)
     time.sleep(0.5)
     for node in nodes:
-        build.restart_agent(state, node, signal.SIGKILL)
+        build.restart_agent(state, node, sig)
     out, _ = ping.communicate(timeout=30)
     assert b" 0% packet loss" in out, out.decode()
     assert {n: _weft_state(n) for n in nodes} == before
@@ -205,6 +208,10 @@ def test_metrics_and_health_endpoints(make_lab):
 
     assert get("/healthz").strip() == "ok"
     assert get("/readyz").strip() == "ready"
+    proxy = netns.run(node, ["python3", "-c", fetch.replace("9645", "9646"), "/metrics"]
+                      ).stdout.decode()
+    assert "weft_proxy_sync_duration_seconds_count" in proxy
+    assert re.search(r"^weft_proxy_rules\{table=\"all\"\} [1-9]", proxy, re.M)
     metrics = get("/metrics")
     assert 'weft_cni_requests_total{command="ADD",plugin="weft",result="ok"} 1.0' in metrics
     assert "weft_blocks 1.0" in metrics
@@ -214,7 +221,7 @@ def test_metrics_and_health_endpoints(make_lab):
 def test_agent_cleanup_removes_what_weft_made(make_lab):
     state = make_lab(nodes=2, subnets=2, pods_per_node=0)
     node = f"{state.name}-node1"
-    build._stop({state.processes[f"agent-{node}"]})
+    build._stop({state.processes[f"agent-{node}"], state.processes[f"proxy-{node}"]})
     conf_dir = state.node_dir(node) / "net.d"
     netns.run(node, ["python3", "-m", "weft", "agent", "cleanup", "--cni-conf-dir",
                      str(conf_dir)])
@@ -224,6 +231,15 @@ def test_agent_cleanup_removes_what_weft_made(make_lab):
     saved = netns.run(node, ["iptables-save"]).stdout.decode()
     assert "WEFT-" not in saved
     assert not (conf_dir / "10-weft.conflist").exists()
+
+
+@pytest.mark.podman
+@pytest.mark.skipif(not podman.available(), reason="needs podman, runc and busybox-static")
+def test_a_lab_of_busybox_containers_through_podman_passes_its_matrix(make_lab):
+    state = make_lab(nodes=2, subnets=2, pods_per_node=1, runtime="podman")
+    checks = matrix.run(state)
+    assert [c for c in checks if not c.passed] == []
+    assert len(checks) == 2 * 1 * 2 + 2 * 2 + 2 * 3 + 2  # pods, nodes, service+nat, nodeports
 
 
 def test_down_after_a_failed_up_leaves_nothing(monkeypatch):

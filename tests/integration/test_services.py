@@ -155,6 +155,17 @@ def test_internal_traffic_policy_local_uses_only_local_endpoints(lab):
         unpublish(lab, "local")
 
 
+def test_proxy_show_lists_service_ports_endpoints_and_rules(lab):
+    out = subprocess.run([sys.executable, "-m", "weft", "proxy", "show", "--datastore-path",
+                          str(lab.datastore), "--node-name", f"{lab.name}-node1"],
+                         capture_output=True, text=True, check=True).stdout
+    header, *rows = out.splitlines()
+    assert header.split()[:4] == ["SERVICE", "PORT", "PROTO", "FRONTEND"]
+    http = next(r for r in rows if r.startswith("default/echo:http"))
+    assert "10.96.0.10:80 node:30080" in http
+    assert all(info["ip"] in http for info in lab.pods.values())
+
+
 def test_node_port_on_every_node_answers_the_internet(lab):
     internet = netns.path(lab.plan.internet)
     for node in lab.nodes_present:
