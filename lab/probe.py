@@ -1,4 +1,5 @@
-"""Traffic probes run from inside namespaces: ping, and TCP through busybox nc.
+"""Traffic probes run from inside namespaces (or containers): ping, and TCP through
+busybox nc.
 
 busybox is what a pod image has, so the same probes work in bare namespaces and
 in podman containers. (busybox-static's wget crashes here; nc does not.)
@@ -22,14 +23,6 @@ def ping(ns: str, address: str, count: int = 1, wait: float = 2, size: int | Non
     if dont_fragment:
         command += ["-M", "do"]
     return _run(ns, [*command, address], prefix, timeout=count * wait + 5).returncode == 0
-
-
-def serve_tcp(ns: str, port: int, reply: str,
-              prefix: Sequence[str] | None = None) -> subprocess.Popen:
-    """A TCP server in `ns` answering every connection with `reply` (stop it with kill)."""
-    command = ["busybox", "nc", "-ll", "-p", str(port), "-e", "busybox", "echo", reply]
-    return subprocess.Popen([*(prefix or netns.prefix_command(ns)), *command],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def tcp_request(ns: str, address: str, port: int, wait: int = 2,
