@@ -134,11 +134,12 @@ class NodeAgent:
         """Make routes, tunnel entries and NAT match the datastore; returns failures."""
         assert self.local is not None and self.underlay is not None
         started = time.monotonic()
-        pools, problems = pools_from_objects(self.store.list("IPPool"))
+        pool_objects = self.store.list("IPPool")
+        pools, problems = pools_from_objects(pool_objects)
         for problem in problems:
             log.warning("ignoring a broken IPPool: %s", problem)
         try:
-            self.ipam.refresh_pools()  # the per-pod path reads pools from this copy
+            self.ipam.refresh_pools(pool_objects)  # the per-pod path reads this copy
         except CNIError as err:
             log.warning("could not refresh the node's copy of the pools: %s", err)
         blocks = self.store.list("IPAMBlock")

@@ -180,9 +180,10 @@ class IPAM:
             )
         return usable
 
-    def refresh_pools(self) -> list[Pool]:
-        """Read the pools from the datastore and keep them for the per-pod path."""
-        pools = self._datastore_pools()
+    def refresh_pools(self, objects: list[Object] | None = None) -> list[Pool]:
+        """Read the pools from the datastore (or take the IPPool `objects` a caller just
+        listed) and keep the ones for this node for the per-pod path."""
+        pools = self._datastore_pools(objects)
         body = [{"name": p.name, "spec": {"cidr": str(p.cidr), "blockSize": p.block_size,
                                           "vxlanMode": p.vxlan_mode,
                                           "natOutgoing": p.nat_outgoing,
@@ -216,10 +217,11 @@ class IPAM:
                         err.details or err.msg, age)
             return cached
 
-    def _datastore_pools(self) -> list[Pool]:
+    def _datastore_pools(self, objects: list[Object] | None = None) -> list[Pool]:
         """The datastore's pools for this node; a broken one is skipped, not fatal."""
         try:
-            objects = self.store.list("IPPool")
+            if objects is None:
+                objects = self.store.list("IPPool")
             node = self.store.get("Node", self.node) or {}
         except DatastoreError as err:
             raise CNIError(DATASTORE, "failed to read IP pools", str(err)) from err
