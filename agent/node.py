@@ -44,7 +44,7 @@ from weft.agent.routes import (
 from weft.agent.underlay import Underlay, discover
 from weft.cni.dispatch import requested_version
 from weft.cni.errors import NOT_AVAILABLE, CNIError
-from weft.ipam.allocator import IPAM, TUNNEL_HANDLE
+from weft.ipam.allocator import IPAM, TUNNEL_HANDLE, Block
 from weft.ipam.datastore import AlreadyExists, Datastore, DatastoreError
 from weft.ipam.pools import DEFAULT_POOL, pools_from_objects
 
@@ -163,19 +163,20 @@ class NodeAgent:
                 self._applied_nat = rendered
             except Exception as err:  # reported, retried on the next pass
                 errors.append(f"failed to apply NAT rules: {err}")
-        errors += self._publish_block_usage(blocks)
+        own = self.ipam.blocks()
+        errors += self._publish_block_usage(blocks, own)
         for error in errors:
             log.error("%s", error)
-        self._record(want, errors, time.monotonic() - started)
+        self._record(want, own, errors, time.monotonic() - started)
         return errors
 
-    def _publish_block_usage(self, blocks: list[dict]) -> list[str]:
+    def _publish_block_usage(self, blocks: list[dict], own: list[Block]) -> list[str]:
         """status.allocated of this node's blocks, written only when it changed.
 
         Pods are allocated on the node with no API call; the count reaches the
         API at the next reconcile, for `weft ipam show` and `kubectl get`.
         """
-        used = {b.cidr: len(b.allocations) for b in self.ipam.blocks()}
+        used = {b.cidr: len(b.allocations) for b in own}
         errors = []
         for block in blocks:
             spec, status = block.get("spec") or {}, block.get("status") or {}
@@ -190,15 +191,14 @@ class NodeAgent:
                 errors.append(f"failed to update the usage of block {spec.get('cidr')}: {err}")
         return errors
 
-    def _record(self, want, errors: list[str], seconds: float) -> None:
+    def _record(self, want, own: list[Block], errors: list[str], seconds: float) -> None:
         self.metrics.reconcile_seconds.observe(seconds)
         self.metrics.reconcile_errors.inc(len(errors))
         for kind in ("blackhole", "direct", "vxlan"):
             self.metrics.routes.labels(kind).set(
                 sum(1 for r in want.routes.values() if r.kind == kind))
-        blocks = self.ipam.blocks()
-        self.metrics.blocks.set(len(blocks))
-        self.metrics.allocations.set(sum(len(b.allocations) for b in blocks))
+        self.metrics.blocks.set(len(own))
+        self.metrics.allocations.set(sum(len(b.allocations) for b in own))
 
     # -- watching -------------------------------------------------------------------
 
