@@ -13,29 +13,16 @@ import os
 import py_compile
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from weft.cni import shim
+from weft.files import write_atomically
 
 BINARIES = ("weft", "weft-ipam")
 CONFLIST_NAME = "10-weft.conflist"
 KUBECONFIG_NAME = "weft-kubeconfig"
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def install_binaries(bin_dir: str | os.PathLike[str], python: str = sys.executable,

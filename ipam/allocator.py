@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import netaddr
 
 from weft.cni.errors import DATASTORE, INVALID_CONFIG, POOL_EXHAUSTED, CNIError
+from weft.files import write_atomically
 from weft.ipam.datastore import AlreadyExists, Datastore, DatastoreError, Object
 from weft.ipam.pools import (
     Pool,
@@ -188,11 +188,7 @@ class IPAM:
                                           "vxlanMode": p.vxlan_mode,
                                           "natOutgoing": p.nat_outgoing,
                                           "disabled": p.disabled}} for p in pools]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(body, out)
-        os.replace(tmp, self.dir / POOL_CACHE)
+        write_atomically(self.dir / POOL_CACHE, json.dumps(body).encode(), 0o600)
         return pools
 
     # -- internals -----------------------------------------------------------
@@ -308,10 +304,8 @@ class IPAM:
             block = blocks[name]
             body = {"cidr": block.cidr, "pool": block.pool, "last": block.last,
                     "allocations": [vars(a) for a in block.allocations.values()]}
-            fd, tmp = tempfile.mkstemp(dir=self.dir / "blocks", prefix=".tmp-")
-            with os.fdopen(fd, "w") as out:
-                json.dump(body, out, indent=1)
-            os.replace(tmp, self.dir / "blocks" / f"{name}.json")
+            write_atomically(self.dir / "blocks" / f"{name}.json",
+                             json.dumps(body, indent=1).encode(), 0o600)
 
 
 def _by_handle(blocks: dict[str, Block], handle: str) -> list[Allocation]:

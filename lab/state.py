@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from weft.files import write_atomically
 from weft.lab import topology
 
 LAB_ROOT = Path(os.environ.get("WEFT_LAB_ROOT", "/run/weft-lab"))
@@ -52,10 +53,7 @@ class LabState:
         return self.root / "nodes" / node
 
     def save(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / ".lab.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, self.root / "lab.json")
+        write_atomically(self.root / "lab.json", json.dumps(asdict(self), indent=1).encode())
 
 
 def lab_root(name: str) -> Path:
