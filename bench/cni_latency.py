@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, namespace, node_with_underlay, reexec_inside, summary
+from common import machine, namespace, reexec_inside, summary
 
 from weft.agent.install import install_binaries
-from weft.lab import netns
+from weft.lab import netns, wiring
 
 SYSTEM_CNI = "/usr/lib/cni"
 
@@ -132,7 +132,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.inside:
         with namespace() as ns:
-            node_with_underlay(ns)
+            wiring.stub_underlay(ns, "172.31.0.1")
             return reexec_inside(ns, [__file__, "--inside", "--pods", str(args.pods),
                                       "--parallel", str(args.parallel)])
     results = measure(args.pods, args.parallel)

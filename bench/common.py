@@ -45,15 +45,6 @@ def namespace(prefix: str = "wb") -> Iterator[str]:
         netns.remove(name)
 
 
-def node_with_underlay(ns: str, address: str = "172.31.0.1") -> None:
-    """An eth0 with an address and a default route, as a node has; its peer end stays
-    down and its gateway does not exist, so nothing leaves the namespace."""
-    netns.run(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"])
-    netns.run(ns, ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
-    netns.run(ns, ["ip", "link", "set", "eth0", "up"])
-    netns.run(ns, ["ip", "route", "add", "default", "via", address.rsplit(".", 1)[0] + ".254"])
-
-
 def reexec_inside(ns: str, argv: list[str]) -> int:
     """Run this benchmark again inside `ns`, so plugins are exec'd as kubelet does it."""
     return subprocess.call(["nsenter", f"--net={netns.path(ns)}", sys.executable, *argv])

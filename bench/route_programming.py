@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, namespace, node_with_underlay
+from common import machine, namespace
 
 from weft.agent.dataplane import PROTO
 from weft.ipam.local import LocalStore
-from weft.lab import netns
+from weft.lab import netns, wiring
 
 
 def remote(i: int) -> tuple[str, str, str, str]:
@@ -41,7 +41,7 @@ def count_routes(ns: str) -> int:
 
 def weft_agent(blocks: int) -> float:
     with namespace("wbr") as ns, tempfile.TemporaryDirectory() as work:
-        node_with_underlay(ns)
+        wiring.stub_underlay(ns, "172.31.0.1")
         store = LocalStore(f"{work}/ds")
         agent = netns.popen(ns, [sys.executable, "-m", "weft", "agent", "--node-name", "me",
                                  "--datastore-path", f"{work}/ds", "--state-dir",
@@ -78,7 +78,7 @@ def weft_agent(blocks: int) -> float:
 
 def ip_batch(blocks: int) -> float:
     with namespace("wbr") as ns:
-        node_with_underlay(ns)
+        wiring.stub_underlay(ns, "172.31.0.1")
         netns.run(ns, ["ip", "link", "add", "weft.vxlan", "type", "vxlan", "id", "4096",
                        "dstport", "4789", "local", "172.31.0.1", "dev", "eth0", "nolearning"])
         netns.run(ns, ["ip", "link", "set", "weft.vxlan", "up"])

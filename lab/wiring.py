@@ -60,3 +60,14 @@ def sysctls(ns: str, values: dict[str, str]) -> None:
     with entered(netns.path(ns)):
         for key, value in values.items():
             write_sysctl(key, value)
+
+
+def stub_underlay(ns: str, address: str) -> None:
+    """eth0 with `address`/24 and a default route, as a node has, that leads nowhere: its
+    veth peer stays down and its gateway (.254) does not exist, so nothing leaves `ns`."""
+    with entered(netns.path(ns)), IPRoute() as ipr:
+        ipr.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0p"})
+        index = ipr.link("get", ifname="eth0")[0]["index"]
+        ipr.addr("add", index=index, address=address, prefixlen=24)
+        ipr.link("set", index=index, state="up")
+    default_route(ns, address.rsplit(".", 1)[0] + ".254")

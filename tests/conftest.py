@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from weft.agent.install import install_binaries
-from weft.lab import netns
+from weft.lab import netns, wiring
 from weft.lab.libcni import Runtime
 
 SYSTEM_CNI_PATH = "/usr/lib/cni"
@@ -158,12 +158,7 @@ def node(tmp_path: Path, cni_bin: Path) -> Iterator[Node]:
     netns.create(name)
     the_node = Node(name, tmp_path, cni_bin)
     try:
-        # An underlay with a default route, as a kind node has. Its gateway does not
-        # exist and its peer end is down: nothing leaves the namespace.
-        the_node.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        the_node.run("ip", "addr", "add", f"{NODE_ADDRESS}/24", "dev", "eth0")
-        the_node.run("ip", "link", "set", "eth0", "up")
-        the_node.run("ip", "route", "add", "default", "via", "172.31.255.254", "dev", "eth0")
+        wiring.stub_underlay(name, NODE_ADDRESS)  # a default route, as a kind node has
         the_node.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         yield the_node
     finally:

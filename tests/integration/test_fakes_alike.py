@@ -10,7 +10,7 @@ from weft.agent.dataplane import FakeDataplane, LinuxDataplane
 from weft.agent.iptables import FakeIptables, Iptables, Jump
 from weft.agent.routes import VXLAN_DEVICE, Desired, Fdb, Neighbour, Route, diff
 from weft.cni.netns import entered
-from weft.lab import netns
+from weft.lab import netns, wiring
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +20,7 @@ def node_ns():
     name = f"wf{uuid.uuid4().hex[:8]}"
     netns.create(name)
     try:
-        netns.run(name, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"])
-        netns.run(name, ["ip", "addr", "add", "172.31.3.1/24", "dev", "eth0"])
-        netns.run(name, ["ip", "link", "set", "eth0", "up"])
+        wiring.stub_underlay(name, "172.31.3.1")
         netns.run(name, ["ip", "link", "add", VXLAN_DEVICE, "type", "vxlan", "id", "4096",
                          "dstport", "4789", "local", "172.31.3.1", "dev", "eth0",
                          "nolearning"])
