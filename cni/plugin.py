@@ -63,10 +63,7 @@ def delete(conf: NetConf, args: CmdArgs) -> bytes:
 
 def check(conf: NetConf, args: CmdArgs) -> bytes:
     _require_weft_ipam(conf)
-    held = [a.address for a in ipam.ipam_for(conf).lookup(args.handle)]
-    if not held:
-        raise CNIError(CHECK_FAILED, f"no address is allocated to {args.handle}",
-                       "the pod's allocation is gone; delete and re-create the pod")
+    held = ipam.held_addresses(conf, args)
     expected = {ip["address"].split("/")[0] for ip in normalize(conf.prev_result)["ips"]}
     if conf.prev_result is not None and not set(held) <= expected:
         raise CNIError(CHECK_FAILED, f"{args.handle} holds {', '.join(held)} but the runtime's "

@@ -158,10 +158,18 @@ def _del(conf: NetConf, args: CmdArgs) -> bytes:
     return b""
 
 
-def _check(conf: NetConf, args: CmdArgs) -> bytes:
-    if not ipam_for(conf).lookup(args.handle):
+def held_addresses(conf: NetConf, args: CmdArgs) -> list[str]:
+    """CHECK's first question, for weft-ipam and the weft plugin alike: the addresses
+    the attachment holds, which must not be none."""
+    held = [a.address for a in ipam_for(conf).lookup(args.handle)]
+    if not held:
         raise CNIError(CHECK_FAILED, f"no address is allocated to {args.handle}",
                        "the attachment's allocation is gone; delete and re-create the pod")
+    return held
+
+
+def _check(conf: NetConf, args: CmdArgs) -> bytes:
+    held_addresses(conf, args)
     return b""
 
 
