@@ -9,6 +9,7 @@ inside them), so it also cleans up after an `up` that failed halfway.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from weft.agent.dataplane import LinuxDataplane
 from weft.agent.install import CONFLIST_NAME, install_binaries
 from weft.ipam.local import LocalStore
 from weft.ipam.pools import DEFAULT_POOL
@@ -130,8 +132,6 @@ def wait_for_agent(state: LabState, node: str, timeout: float = 60) -> None:
 
 def wait_converged(state: LabState, timeout: float = 30) -> None:
     """Until every node holds a route for every block in the datastore."""
-    from weft.agent.dataplane import LinuxDataplane
-
     store = LocalStore(state.datastore)
     deadline = time.monotonic() + timeout
     while True:
@@ -186,8 +186,6 @@ def remove_node(state: LabState, node: str, progress: Progress) -> None:
 
 def node_runtime(state: LabState, node: str) -> Runtime:
     """The libcni runtime that makes pods on `node`, as kubelet would there."""
-    import json
-
     directory = state.node_dir(node)
     config = json.loads((directory / "net.d" / CONFLIST_NAME).read_text())
     return Runtime(config, [str(state.bin_dir), SYSTEM_CNI_PATH], directory / "cni-cache",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from weft.lab import probe, services, topology
+from weft.lab import netns, probe, services, topology
 from weft.lab.build import INTERNET_PORT, node_podman
 from weft.lab.state import LabState
 from weft.table import render
@@ -136,8 +136,6 @@ def _internet(state: LabState, source: str, node_ip: str) -> Check:
 
 
 def _node_port(state: LabState, node: str, address: str) -> Check:
-    from weft.lab import netns
-
     answer = ask(netns.path(state.plan.internet), "tcp", address, services.NODE_PORT)
     names = {p.removeprefix(f"{state.name}-") for p in state.pods}
     ok = answer.split(" ")[0] in names
