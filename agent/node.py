@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from weft.agent import leaks, nat, vxlan
+from weft.agent import kernel_watch, leaks, nat, vxlan
 from weft.agent.cni_server import Runner, default_runners
 from weft.agent.config import AgentConfig
-from weft.agent.dataplane import PROTO, Dataplane, LinuxDataplane
+from weft.agent.dataplane import Dataplane, LinuxDataplane
 from weft.agent.install import (
     InstallError,
     conflist,
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 WATCHED = ("IPAMBlock", "Node", "IPPool")
 TOKEN_REFRESH_SECONDS = 600.0
-RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x40
 
 
 class NodeAgent:
@@ -70,6 +69,7 @@ class NodeAgent:
         self.local: Local | None = None
         self._wake = threading.Event()
         self._applied_nat: dict | None = None
+        self._published_tunnel: tuple[str, str] | None = None
 
     # -- start ------------------------------------------------------------------
 
@@ -82,12 +82,21 @@ class NodeAgent:
         if self.config.datastore == "local":
             self._register_node()
         self._ensure_default_pool()
+        self._ensure_tunnel()
+
+    def _ensure_tunnel(self) -> None:
+        """Create or adopt weft.vxlan, and publish its address and MAC when they change
+        (a device someone deleted comes back with a new MAC that peers must learn)."""
+        assert self.underlay is not None
         tunnel_ip = self._tunnel_address()
         offload = vxlan.checksum_offload(self.config.vxlan_checksum_offload)
-        vtep_mac = vxlan.ensure(self.ipr, u, tunnel_ip, offload)
+        vtep_mac = vxlan.ensure(self.ipr, self.underlay, tunnel_ip, offload)
+        if (tunnel_ip, vtep_mac) == self._published_tunnel:
+            return
         self.store.annotate("Node", self.config.node_name, {
-            ANNOTATION_NODE_IP: u.address, ANNOTATION_VTEP_IP: tunnel_ip,
+            ANNOTATION_NODE_IP: self.underlay.address, ANNOTATION_VTEP_IP: tunnel_ip,
             ANNOTATION_VTEP_MAC: vtep_mac})
+        self._published_tunnel = (tunnel_ip, vtep_mac)
         log.info("tunnel %s: %s, %s", VXLAN_DEVICE, tunnel_ip, vtep_mac)
 
     def become_ready(self) -> None:
@@ -145,9 +154,8 @@ class NodeAgent:
         blocks = self.store.list("IPAMBlock")
         peers = peers_from_nodes(self.store.list("Node"))
         peers.pop(self.local.name, None)
-        if full:
-            vxlan.ensure(self.ipr, self.underlay, self._tunnel_address(),
-                         vxlan.checksum_offload(self.config.vxlan_checksum_offload))
+        if full or not vxlan.exists(self.ipr):
+            self._ensure_tunnel()
         want = desired(self.local, blocks, peers, pools)
         change = diff(want, self.dataplane.current())
         errors = self.dataplane.apply(change) if change else []
@@ -206,7 +214,9 @@ class NodeAgent:
         """Reconcile on changes and every resync interval until `stop` is set."""
         threading.Thread(target=self._watch_store, args=(stop,), name="watch-store",
                          daemon=True).start()
-        threading.Thread(target=self._watch_kernel, name="watch-kernel", daemon=True).start()
+        # Someone deleted one of weft's routes, neighbours or its tunnel: put it back.
+        threading.Thread(target=kernel_watch.watch, args=(self.wake,), name="watch-kernel",
+                         daemon=True).start()
         last_full = last_leak_check = time.monotonic()
         last_token = 0.0
         while not stop.is_set():
@@ -247,18 +257,6 @@ class NodeAgent:
             if now != seen:
                 seen = now
                 self.wake()
-
-    def _watch_kernel(self) -> None:
-        """Someone deleted one of weft's routes, neighbours or its tunnel: put it back."""
-        with IPRoute() as events:
-            events.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
-            while True:
-                for msg in events.get():
-                    event = msg.get("event")
-                    if (event == "RTM_DELROUTE" and msg.get("proto") == PROTO) or \
-                            event == "RTM_DELNEIGH" or \
-                            (event == "RTM_DELLINK" and msg.get("ifname") == VXLAN_DEVICE):
-                        self.wake()
 
     def _refresh_cni_kubeconfig(self) -> None:
         """Service account tokens expire; the host's CNI binary needs a live one."""

@@ -65,6 +65,10 @@ def ensure(ipr: IPRoute, underlay: Underlay, tunnel_ip: str, offload: bool) -> s
     return found.get("address")
 
 
+def exists(ipr: IPRoute) -> bool:
+    return _get(ipr) is not None
+
+
 def remove(ipr: IPRoute) -> bool:
     found = _get(ipr)
     if found is None:

@@ -188,13 +188,34 @@ def test_agent_restart_under_traffic_loses_nothing_and_changes_nothing(make_lab,
     assert {n: _weft_state(n) for n in nodes} == before
 
 
-def test_a_route_deleted_by_hand_comes_back_within_a_second(make_lab):
+def test_entries_deleted_by_hand_come_back_within_a_second(make_lab):
     state = make_lab(pods_per_node=1)
     node1 = f"{state.name}-node1"
-    remote = next(cidr for cidr, r in _weft_state(node1)["routes"].items() if r.kind == "vxlan")
+    before = _weft_state(node1)
+    remote = next(cidr for cidr, r in before["routes"].items() if r.kind == "vxlan")
+    neighbour = next(iter(before["neighbours"].values()))
+    fdb = next(iter(before["fdb"].values()))
     netns.run(node1, ["ip", "route", "del", remote])
-    assert eventually(lambda: remote in _weft_state(node1)["routes"], seconds=1.5)
+    netns.run(node1, ["ip", "neigh", "del", neighbour.address, "dev", VXLAN_DEVICE])
+    netns.run(node1, ["bridge", "fdb", "del", fdb.mac, "dev", VXLAN_DEVICE, "dst",
+                      fdb.destination])
+    assert eventually(lambda: _weft_state(node1) == before, seconds=1.5)
     assert probe.ping(pod_ns(state, "node1-pod0"), pod_ip(state, "node3-pod0"))
+
+
+def test_a_deleted_tunnel_comes_back_and_peers_learn_its_new_mac(make_lab):
+    state = make_lab(pods_per_node=1)
+    node1, node3 = f"{state.name}-node1", f"{state.name}-node3"
+    old_mac = _weft_state(node1)["device"][1]
+    netns.run(node1, ["ip", "link", "del", VXLAN_DEVICE])
+
+    def peer_knows_new_mac() -> bool:
+        mac = _weft_state(node1)["device"][1]
+        return mac != old_mac and mac in _weft_state(node3)["fdb"]
+
+    assert eventually(peer_knows_new_mac, seconds=3)
+    assert eventually(lambda: probe.ping(pod_ns(state, "node1-pod0"),
+                                         pod_ip(state, "node3-pod0")), seconds=3)
 
 
 def test_metrics_and_health_endpoints(make_lab):
