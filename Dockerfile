@@ -13,6 +13,7 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates \
+        gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY . /src
 # A regular (not editable) install, staged under /install with the paths it will
@@ -20,6 +21,11 @@ COPY . /src
 # scripts in /usr/local/bin. pip and the build tools stay in this stage.
 RUN python3 -m pip install --root /install --ignore-installed --break-system-packages \
         --no-cache-dir --no-warn-script-location --root-user-action=ignore /src
+# The compiled CNI shim (a static binary), built here so the image needs no compiler:
+# `weft install` finds it in /var/cache/weft under the hash of the shim.c it ships.
+RUN WEFT_CACHE_DIR=/install/var/cache/weft \
+    PYTHONPATH=/install/usr/local/lib/python3.11/dist-packages \
+    python3 -c "from weft.agent import native; assert native.compiled_shim()"
 
 FROM debian:bookworm-slim
 # python3: the interpreter weft runs on and copies to the hosts (it links libpython in,
@@ -33,7 +39,9 @@ RUN apt-get update \
  && update-alternatives --set ip6tables /usr/sbin/ip6tables-nft \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /install/usr/local /usr/local
+COPY --from=build /install/var/cache/weft /var/cache/weft
 RUN python3 -I -c "import ssl, ctypes, yaml, kubernetes.client, pyroute2, prometheus_client, \
-weft.cli, weft.ipam.kubernetes, weft.agent.main, weft.agent.proxy.main, weft.agent.runtime" \
+weft.cli, weft.ipam.kubernetes, weft.agent.main, weft.agent.proxy.main, weft.agent.runtime; \
+from weft.agent import native; assert native.compiled_shim()" \
  && weft --help >/dev/null
 ENTRYPOINT ["weft"]

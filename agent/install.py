@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from weft.agent import native
 from weft.cni import shim
 from weft.files import write_atomically
 
@@ -27,20 +28,25 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 def install_binaries(bin_dir: str | os.PathLike[str], python: str = sys.executable,
                      lib_dir: str | os.PathLike[str] | None = None,
-                     library_path: str = "") -> list[Path]:
-    """Install `weft` and `weft-ipam`: tiny launchers that import the compiled shim.
+                     library_path: str = "", compiled: bool = True) -> list[Path]:
+    """Install `weft` and `weft-ipam`: the compiled shim where it can be built, else
+    Python launchers of the same shim.
 
-    They start the interpreter with -SI (no site, no user paths: ~20 ms saved per
-    pod here) and import the shim from `lib_dir` as byte code, so no pod pays for
-    compiling it; the in-process fallback loads site itself. An interpreter that
-    needs `library_path` (a shared libpython) gets a /bin/sh launcher that sets it.
+    The Python launchers always go to `<bin_dir>/.weft/`, where the compiled shim
+    finds them when no agent answers. They start the interpreter with -SI (no
+    site, no user paths: ~20 ms saved per pod here) and import the shim from
+    `lib_dir` as byte code, so no pod pays for compiling it; the in-process
+    fallback loads site itself. An interpreter that needs `library_path` (a
+    shared libpython) gets a /bin/sh launcher that sets it.
     """
-    lib = Path(lib_dir) if lib_dir is not None else Path(bin_dir) / ".weft"
+    private = Path(bin_dir) / ".weft"
+    lib = Path(lib_dir) if lib_dir is not None else private
     module = lib / "weft_cni_shim.py"
     write_atomically(module, Path(shim.__file__).read_bytes())
     py_compile.compile(str(module), cfile=importlib.util.cache_from_source(str(module)),
                        doraise=True,
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    binary = native.compiled_shim() if compiled else None
     written = []
     for name in BINARIES:
         code = f"import sys; sys.path.insert(0, {str(lib)!r}); " \
@@ -50,10 +56,17 @@ def install_binaries(bin_dir: str | os.PathLike[str], python: str = sys.executab
                         f"exec {shlex.quote(python)} -SI -c {shlex.quote(code)}\n")
         else:
             launcher = f"#!{python} -SI\n" + code.replace("; ", "\n") + "\n"
+        write_atomically(private / name, launcher.encode(), 0o755)
         path = Path(bin_dir) / name
-        write_atomically(path, launcher.encode(), 0o755)
+        write_atomically(path, binary.read_bytes() if binary else launcher.encode(), 0o755)
         written.append(path)
     return written
+
+
+def shim_kind(path: Path) -> str:
+    """What an installed CNI binary is, for install messages."""
+    with open(path, "rb") as binary:
+        return "compiled shim" if binary.read(4) == b"\x7fELF" else "Python shim"
 
 
 def conflist(mtu: int, **weft_settings: Any) -> dict[str, Any]:
@@ -128,7 +141,7 @@ def install(runtime_root: Path, bin_dir: Path, conf_dir: Path, *, datastore: str
     python = runtime.interpreter(stable)
     library = str(stable / "lib") if runtime.library_path(current) else ""
     for path in install_binaries(bin_dir, str(python), stable / "shim", library):
-        progress(f"installed {path}")
+        progress(f"installed {path} ({shim_kind(path)})")
     settings: dict[str, Any] = {"datastore": datastore, "nodeName": node_name}
     if datastore == "kubernetes":
         path = kubeconfig_from_service_account(conf_dir / KUBECONFIG_NAME)

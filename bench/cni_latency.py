@@ -3,7 +3,9 @@
 Runs inside a throwaway namespace that plays the node; plugins are exec'd with
 the CNI environment and config on stdin, as kubelet's libcni does. Measured in
 the same run: weft through its agent, weft in-process (no agent), and the
-containernetworking ptp plugin with host-local IPAM, the reference.
+containernetworking ptp plugin with host-local IPAM, the reference. weft
+through its agent is measured twice: with the compiled shim that `weft install`
+builds where a C compiler is, and with the Python shim used where none is.
 
     python3 bench/cni_latency.py [--pods 60] [--parallel 8]
 """
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, namespace, reexec_inside, summary
 
-from weft.agent.install import install_binaries
+from weft.agent.install import install_binaries, shim_kind
 from weft.lab import netns, wiring
 
 SYSTEM_CNI = "/usr/lib/cni"
@@ -37,7 +39,8 @@ def configs(work: Path, bin_dir: Path) -> dict[str, tuple[str, dict]]:
             "socket": str(work / "cni.sock"),
             "ipam": {"type": "weft-ipam", "pools": [{"cidr": "10.244.0.0/16"}]}}
     return {
-        "weft (agent)": (str(bin_dir / "weft"), weft),
+        f"weft (agent, {shim_kind(bin_dir / 'weft')})": (str(bin_dir / "weft"), weft),
+        "weft (agent, Python shim)": (str(work / "python-bin" / "weft"), weft),
         "weft (in-process)": (str(bin_dir / "weft"), {**weft, "socket": str(work / "none")}),
         "ptp + host-local": (f"{SYSTEM_CNI}/ptp", {
             "cniVersion": "1.0.0", "name": "bench", "type": "ptp", "mtu": 1450,
@@ -72,7 +75,8 @@ def in_flight(binary: str, conf: dict, command: str, names: list[str], cni_path:
 def measure(pods: int, parallel: int) -> dict[str, dict]:
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     bin_dir = work / "bin"
-    install_binaries(bin_dir)
+    install_binaries(bin_dir)  # the compiled shim where a C compiler is
+    install_binaries(work / "python-bin", compiled=False)
     cni_path = f"{bin_dir}:{SYSTEM_CNI}"
     agent = subprocess.Popen([sys.executable, "-m", "weft", "agent", "--node-name", "bench",
                               "--datastore-path", str(work / "ds"), "--state-dir",

@@ -106,10 +106,10 @@ def _cmd_install(args: argparse.Namespace) -> int:
 
 
 def _cmd_install_cni(args: argparse.Namespace) -> int:
-    from weft.agent.install import install_binaries
+    from weft.agent.install import install_binaries, shim_kind
 
     for path in install_binaries(args.bin_dir):
-        print(f"installed {path}")
+        print(f"installed {path} ({shim_kind(path)})")
     return 0
 
 

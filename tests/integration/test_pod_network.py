@@ -7,6 +7,7 @@ import sys
 import netaddr
 import pytest
 
+from weft.agent.install import install_binaries, shim_kind
 from weft.cni.names import host_ifname
 from weft.lab import netns, probe
 from weft.lab.libcni import PluginError
@@ -54,6 +55,23 @@ def test_two_pods_reach_each_other_and_the_node(node):
     with netns.iproute(pod_a) as ipr:
         routes = [(r.get("dst"), r.get("gateway")) for r in ipr.get_routes(family=2, table=254)]
     assert routes == [(None, "169.254.1.1")]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-shim", "python-shim"])
+def test_each_shim_hands_pods_to_the_agent(node, tmp_path, compiled):
+    node.cni_bin = tmp_path / "bin"
+    install_binaries(node.cni_bin, compiled=compiled)
+    assert shim_kind(node.cni_bin / "weft") == ("compiled shim" if compiled else "Python shim")
+    node.start_agent()
+    runtime = node.runtime()
+    pod_a, pod_b = node.new_pod(), node.new_pod()
+    ip_a = _address(runtime.add("ctr-a", netns.path(pod_a)))
+    ip_b = _address(runtime.add("ctr-b", netns.path(pod_b)))
+    assert probe.ping(pod_a, ip_b) and probe.ping(pod_b, ip_a)
+    runtime.delete("ctr-a", netns.path(pod_a))
+    runtime.delete("ctr-b", netns.path(pod_b))
+    assert (node.root / "agent.log").read_text().count("ADD ctr-") == 2  # none in-process
+    assert node.links() == [] and node.allocations() == []
 
 
 def test_check_passes_then_names_the_deleted_route(node):
