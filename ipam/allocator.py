@@ -304,8 +304,9 @@ class IPAM:
             block = blocks[name]
             body = {"cidr": block.cidr, "pool": block.pool, "last": block.last,
                     "allocations": [vars(a) for a in block.allocations.values()]}
+            # Compact: json's C encoder does not indent, and this runs on every ADD.
             write_atomically(self.dir / "blocks" / f"{name}.json",
-                             json.dumps(body, indent=1).encode(), 0o600)
+                             json.dumps(body, separators=(",", ":")).encode(), 0o600)
 
 
 def _by_handle(blocks: dict[str, Block], handle: str) -> list[Allocation]:
