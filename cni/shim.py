@@ -10,8 +10,10 @@ Wire protocol on the unix socket, one request per connection:
            env is the CNI_* variables as b"NAME=VALUE" joined by NUL bytes.
   reply    b"<exit code>\\n" + stdout.
 
-The installed binaries import this file as byte code from a private directory
-(see weft.agent.install), so it must stay stdlib-only and self-contained.
+shim.c speaks the same protocol compiled, for installs with a C compiler; it
+execs this shim's launcher when no agent answers. The installed launchers import
+this file as byte code from a private directory (see weft.agent.install), so it
+must stay stdlib-only and self-contained.
 """
 
 import _socket
