@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import weft
-from weft.agent.install import install
+from weft.agent import native
+from weft.agent.install import install, shim_kind
 from weft.lab import netns
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,10 @@ def test_installed_binary_works_where_python_is_hidden(node, tmp_path):
     install(runtime, bin_dir, conf, datastore="local", node_name=node.name, mtu=1400,
             datastore_path=str(node.datastore_path), progress=lambda _m: None)
     assert (runtime / "current").is_symlink()
+    # With a C compiler the compiled shim, which execs the runtime's Python when no
+    # agent answers, as here: every call below goes through both.
+    expected = "compiled shim" if native.compiled_shim() else "Python shim"
+    assert shim_kind(bin_dir / "weft") == shim_kind(bin_dir / "weft-ipam") == expected
     plugin = json.loads((conf / "10-weft.conflist").read_text())["plugins"][0]
     assert plugin["mtu"] == 1400 and plugin["datastore"] == "local"
 
