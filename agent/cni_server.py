@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import socketserver
 import threading
 import time
@@ -54,16 +55,25 @@ class CNIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(self, path: str, runners: Mapping[str, Runner] | None = None,
-                 observe: Observer | None = None) -> None:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a socket left by an agent that died
+                 observe: Observer | None = None,
+                 listening: socket.socket | None = None) -> None:
+        """Bind `path`; or, in a worker, serve `listening`, the socket the agent bound
+        (then closing the server waits for the requests in hand)."""
         self.path = path
         self.runners = dict(runners or default_runners())
         self.observe = observe or (lambda *_: None)
+        self._thread: threading.Thread | None = None
+        if listening is not None:
+            super().__init__(path, _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listening
+            self.daemon_threads = False
+            return
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a socket left by an agent that died
         super().__init__(path, _Handler)
         os.chmod(path, 0o600)
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="cni-socket",

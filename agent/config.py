@@ -29,6 +29,7 @@ class AgentConfig:
     kubeconfig: str = ""
     leak_check_seconds: float = 300.0
     cni_kubeconfig: str = ""
+    cni_workers: int = 2
 
     @property
     def datastore_location(self) -> str:
@@ -53,6 +54,7 @@ class AgentConfig:
             kubeconfig=args.kubeconfig,
             leak_check_seconds=args.leak_check_seconds,
             cni_kubeconfig=args.cni_kubeconfig,
+            cni_workers=args.cni_workers,
         )
 
 
@@ -87,9 +89,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leak-check-seconds", type=float,
                         default=float(env("WEFT_LEAK_CHECK_SECONDS", "300")),
                         help="how often to release addresses of pods gone from API and node")
+    parser.add_argument("--cni-workers", type=_workers,
+                        default=env("WEFT_CNI_WORKERS", "2"),  # a string: argparse checks it
+                        help="processes that serve the CNI socket beside the agent, so pods "
+                             "are plumbed on that many more cores; 0 for none")
     parser.add_argument("--resync-seconds", type=float,
                         default=float(env("WEFT_RESYNC_SECONDS", "10")),
                         help="full reconcile interval, besides reacting to changes")
+
+
+def _workers(value: str) -> int:
+    count = int(value) if value.strip().isdigit() else -1
+    if not 0 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{value} CNI workers: choose 0 to 64")
+    return count
 
 
 def add_datastore_path(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from pyroute2 import IPRoute
 
 from weft.agent import metrics, nat, vxlan
 from weft.agent.cni_server import CNIServer
+from weft.agent.cni_workers import CNIWorkers
 from weft.agent.config import AgentConfig
 from weft.agent.dataplane import PROTO
 from weft.agent.install import CONFLIST_NAME
@@ -42,9 +43,12 @@ def run(config: AgentConfig) -> int:
     if errors:
         log.warning("first reconcile had %d failures; retrying", len(errors))
     agent.become_ready()
+    workers = CNIWorkers(server.socket, config.cni_workers, agent.metrics.observe_cni)
+    workers.start()
     log.info("weft agent ready on node %s", config.node_name)
     agent.run(stop)
     log.info("stopping: pods keep their network; routes stay in place")
+    workers.stop()
     server.stop()
     http.shutdown()
     return 0

@@ -542,6 +542,16 @@ def test_agent_command_and_environment(container_env) -> None:
     assert (config.socket, config.state_dir) == (DEFAULT_SOCKET, DEFAULT_STATE_DIR)
     assert probe_ports(agent) == {port_of(config.health_address)} == {9645}
     assert config.health_address.startswith("0.0.0.0:"), "kubelet probes the node's IP"
+    assert config.cni_workers == 2
+
+
+def test_cni_workers_must_be_a_sane_count(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WEFT_CNI_WORKERS", "3")
+    assert AgentConfig.from_args(parse(["weft", "agent"])).cni_workers == 3
+    for bad in ("-1", "many", "65"):
+        with pytest.raises(SystemExit):
+            parse(["weft", "agent", "--cni-workers", bad])
+        assert f"{bad} CNI workers: choose 0 to 64" in capsys.readouterr().err
 
 
 def test_proxy_command_and_environment(container_env) -> None:

@@ -1,0 +1,98 @@
+"""The agent's CNI worker processes: they serve pods, are counted, replaced and stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from weft.lab import netns
+
+from ..waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 2  # the agent's default
+
+
+def workers_of(agent_pid: int) -> list[int]:
+    """Live CNI worker processes whose parent is the agent."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"weft.agent.cni_workers" in cmdline and parent == agent_pid and state != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def cni_requests(node, command: str) -> float:
+    """The agent's weft_cni_requests_total for weft `command`s answered ok."""
+    fetch = ("import urllib.request as u; "
+             "print(u.urlopen('http://127.0.0.1:9645/metrics').read().decode())")
+    text = node.run(sys.executable, "-c", fetch).stdout.decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "weft_cni_requests_total" and sample.labels ==
+               {"plugin": "weft", "command": command, "result": "ok"})
+
+
+def test_workers_serve_pods_while_the_agent_is_busy_and_are_counted(node):
+    node.start_agent()
+    assert node.agent is not None
+    assert eventually(lambda: len(workers_of(node.agent.pid)) == WORKERS, seconds=20)
+    runtime = node.runtime()
+    pods = [node.new_pod() for _ in range(6)]
+    # Stopped, the agent's own process cannot accept: only its workers can answer.
+    os.kill(node.agent.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda i: runtime.add(f"ctr-{i}", netns.path(pods[i])),
+                                    range(6)))
+    finally:
+        os.kill(node.agent.pid, signal.SIGCONT)
+    assert len({r["ips"][0]["address"] for r in results}) == 6
+    # What the workers served reaches the agent's metrics once it runs again.
+    assert eventually(lambda: cni_requests(node, "ADD") == 6, seconds=10)
+    for i, pod in enumerate(pods):
+        runtime.delete(f"ctr-{i}", netns.path(pod))
+    assert node.links() == [] and node.allocations() == []
+
+
+def test_a_dead_worker_is_replaced_and_workers_go_with_the_agent(node):
+    node.start_agent()
+    assert node.agent is not None
+    agent = node.agent.pid
+    assert eventually(lambda: len(workers_of(agent)) == WORKERS, seconds=20)
+    victim = workers_of(agent)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert eventually(lambda: len(workers_of(agent)) == WORKERS and
+                      victim not in workers_of(agent), seconds=20)
+    survivors = workers_of(agent)
+    # An agent killed outright takes its workers with it (they would serve a stale node).
+    node.agent.kill()
+    node.agent.wait()
+    assert eventually(lambda: not any(Path(f"/proc/{pid}").exists() and
+                                      b"cni_workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                                      for pid in survivors), seconds=10)
+
+
+def test_a_stopped_agent_stops_its_workers(node):
+    node.start_agent()
+    assert node.agent is not None
+    agent = node.agent.pid
+    assert eventually(lambda: len(workers_of(agent)) == WORKERS, seconds=20)
+    workers = workers_of(agent)
+    node.stop_agent()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
