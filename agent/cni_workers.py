@@ -78,8 +78,11 @@ class CNIWorkers:
                 self._procs.append(proc)
             assert proc.stdout is not None
             for line in proc.stdout:
-                plugin, command, code, seconds = line.decode().split()
-                self._observe(plugin, command.strip("-"), int(code), float(seconds))
+                try:
+                    plugin, command, code, seconds = line.decode().split()
+                    self._observe(plugin, command.strip("-"), int(code), float(seconds))
+                except ValueError:
+                    log.warning("CNI worker %d wrote %r, not a request report", number, line)
             proc.wait()
             with self._lock:
                 self._procs.remove(proc)
