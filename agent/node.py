@@ -172,7 +172,8 @@ class NodeAgent:
             except Exception as err:  # reported, retried on the next pass
                 errors.append(f"failed to apply NAT rules: {err}")
         own = self.ipam.blocks()
-        errors += self._publish_block_usage(blocks, own)
+        if full:  # not on every change: the write is one, and would wake the next pass
+            errors += self._publish_block_usage(blocks, own)
         for error in errors:
             log.error("%s", error)
         self._record(want, own, errors, time.monotonic() - started)
@@ -182,7 +183,9 @@ class NodeAgent:
         """status.allocated of this node's blocks, written only when it changed.
 
         Pods are allocated on the node with no API call; the count reaches the
-        API at the next reconcile, for `weft ipam show` and `kubectl get`.
+        API at the next full resync, for `weft ipam show` and `kubectl get`.
+        Publishing it on every pass kept the agent reconciling five times a
+        second while pods came and went: each write is a datastore change.
         """
         used = {b.cidr: len(b.allocations) for b in own}
         errors = []

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from weft.agent.install import install_binaries
 from weft.lab import netns, wiring
@@ -108,18 +109,27 @@ class Node:
         self.pods.append(name)
         return name
 
-    def start_agent(self) -> None:
+    def start_agent(self, *flags: str) -> None:
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - closed with the process
         self.agent = netns.popen(self.name, [
             sys.executable, "-m", "weft", "agent", "--node-name", self.name, "--datastore-path",
             str(self.datastore_path), "--state-dir", str(self.state_dir),
-            "--socket", str(self.socket)],
+            "--socket", str(self.socket), *flags],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             assert self.agent.poll() is None, (self.root / "agent.log").read_text()
             assert time.monotonic() < deadline, "agent did not open its socket"
             time.sleep(0.05)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the agent's samples `name` with these labels, from its /metrics."""
+        fetch = ("import urllib.request as u; "
+                 "print(u.urlopen('http://127.0.0.1:9645/metrics').read().decode())")
+        text = self.run(sys.executable, "-c", fetch).stdout.decode()
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == name and labels.items() <= sample.labels.items())
 
     def stop_agent(self) -> None:
         if self.agent and self.agent.poll() is None:

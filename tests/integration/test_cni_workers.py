@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from weft.lab import netns
 
@@ -37,17 +35,6 @@ def workers_of(agent_pid: int) -> list[int]:
     return sorted(found)
 
 
-def cni_requests(node, command: str) -> float:
-    """The agent's weft_cni_requests_total for weft `command`s answered ok."""
-    fetch = ("import urllib.request as u; "
-             "print(u.urlopen('http://127.0.0.1:9645/metrics').read().decode())")
-    text = node.run(sys.executable, "-c", fetch).stdout.decode()
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == "weft_cni_requests_total" and sample.labels ==
-               {"plugin": "weft", "command": command, "result": "ok"})
-
-
 def test_workers_serve_pods_while_the_agent_is_busy_and_are_counted(node):
     node.start_agent()
     assert node.agent is not None
@@ -64,7 +51,8 @@ def test_workers_serve_pods_while_the_agent_is_busy_and_are_counted(node):
         os.kill(node.agent.pid, signal.SIGCONT)
     assert len({r["ips"][0]["address"] for r in results}) == 6
     # What the workers served reaches the agent's metrics once it runs again.
-    assert eventually(lambda: cni_requests(node, "ADD") == 6, seconds=10)
+    assert eventually(lambda: node.metric("weft_cni_requests_total", plugin="weft",
+                                          command="ADD", result="ok") == 6, seconds=10)
     for i, pod in enumerate(pods):
         runtime.delete(f"ctr-{i}", netns.path(pod))
     assert node.links() == [] and node.allocations() == []

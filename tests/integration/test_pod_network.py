@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import netaddr
 import pytest
 
 from weft.agent.install import install_binaries, shim_kind
 from weft.cni.names import host_ifname
+from weft.ipam.local import LocalStore
 from weft.lab import netns, probe
 from weft.lab.libcni import PluginError
 
@@ -103,6 +105,29 @@ def test_del_twice_and_after_the_netns_is_gone(node):
     runtime.delete("ctr-gone", "")
     assert node.links() == []
     assert node.allocations() == []
+
+
+def test_block_usage_reaches_the_datastore_without_a_reconcile_per_pod(node):
+    node.start_agent("--resync-seconds", "2")
+    runtime = node.runtime()
+    assert eventually(lambda: node.metric("weft_reconcile_duration_seconds_count") >= 1)
+    before = node.metric("weft_reconcile_duration_seconds_count")
+    pods = [node.new_pod() for _ in range(40)]
+    for i, pod in enumerate(pods):  # over ~5 s: two or three resyncs
+        runtime.add(f"ctr-{i}", netns.path(pod))
+        time.sleep(0.1)
+    # The resyncs wake the agent; the pods, and its own usage reports, do not.
+    assert node.metric("weft_reconcile_duration_seconds_count") - before <= 5
+
+    def published() -> list[int]:
+        return [(b.get("status") or {}).get("allocated")
+                for b in LocalStore(node.datastore_path).list("IPAMBlock")]
+
+    # One block: the 40 pods and the agent's tunnel address.
+    assert eventually(lambda: published() == [41], seconds=5), published()
+    for i, pod in enumerate(pods):
+        runtime.delete(f"ctr-{i}", netns.path(pod))
+    assert eventually(lambda: published() == [1], seconds=5), published()
 
 
 def test_gc_frees_what_the_runtime_no_longer_lists(node):
