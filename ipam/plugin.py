@@ -8,6 +8,7 @@ Settings may sit in the `ipam` section or at the top of the network config.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,20 +41,30 @@ def ipam_for(conf: NetConf) -> IPAM:
     """The allocator a network config describes."""
     kind = setting(conf, "datastore", conf.datastore)
     if kind == "kubernetes":
-        # On the host, outside any pod: the kubeconfig the install step wrote.
+        # On the host, outside any pod: the kubeconfig the install step wrote. The agent
+        # rewrites it with a fresh token; a process that outlives one (the agent and its
+        # CNI workers) opens the new file, so the version is part of the cache key.
         location = setting(conf, "kubeconfig", DEFAULT_KUBECONFIG)
+        store = datastore(kind, location, _file_version(location))
     else:
-        location = setting(conf, "datastorePath", conf.datastore_path)
-    store = datastore(kind, location)
+        store = datastore(kind, setting(conf, "datastorePath", conf.datastore_path))
     return IPAM(store, setting(conf, "stateDir", conf.state_dir),
                 setting(conf, "nodeName", conf.node_name), inline_pools(conf.ipam))
 
 
+def _file_version(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0  # opening it reports what is wrong
+
+
 @functools.lru_cache(maxsize=16)
-def datastore(kind: str, path: str) -> Datastore:
+def datastore(kind: str, path: str, version: int = 0) -> Datastore:
     """Datastores are kept open for the life of the process (the agent's warm path).
 
-    `path` is the local store's directory, or a kubeconfig ("" = in-cluster).
+    `path` is the local store's directory, or a kubeconfig ("" = in-cluster);
+    `version` tells apart successive contents of one kubeconfig.
     """
     try:
         return open_datastore(kind, path)
