@@ -9,6 +9,7 @@ pyroute2 decodes just the link deletions, to see whether it was the tunnel.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -62,8 +63,10 @@ def watch(on_deletion: Callable[[], None]) -> None:
         while True:
             try:
                 data = events.recv(1 << 16)
-            except OSError:  # ENOBUFS: notifications were lost; look at everything
-                on_deletion()
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+                on_deletion()  # notifications were lost: look at everything
                 continue
             if any(deletes_weft_entry(kind, message) for kind, message in messages(data)):
                 on_deletion()
