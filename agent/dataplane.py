@@ -8,7 +8,9 @@ holds the same state in memory; one test suite checks that both behave alike.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import os
 import socket
 import threading
 from typing import Protocol
@@ -17,6 +19,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weft.agent.routes import VXLAN_DEVICE, Desired, Diff, Fdb, Neighbour, Route
+from weft.cni import netns, rtnl
+from weft.cni.rtnl import Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,18 @@ RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
 MAIN_TABLE = 254
+SIOCGSKNS = 0x894C  # a socket's network namespace, as a new file descriptor
+
+
+def _dump_socket_beside(ipr: IPRoute) -> Rtnl:
+    """A kernel-filtered dump socket in the namespace of `ipr`, which its caller may have
+    opened in another namespace than this thread's (tests and the lab do)."""
+    namespace = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    try:
+        with netns.entered(f"/proc/self/fd/{namespace}"):
+            return Rtnl(strict=True)
+    finally:
+        os.close(namespace)
 
 
 class Dataplane(Protocol):
@@ -41,12 +57,20 @@ class LinuxDataplane:
         self._lock = threading.Lock()
 
     def current(self) -> Desired:
-        """What the kernel holds of weft's. Links are fetched one by one, never dumped:
-        a node has a veth per pod, and decoding them all cost ~0.3 ms apiece."""
+        """What the kernel holds of weft's. A node has a veth and a route per pod:
+        links are fetched one by one, never dumped, and the kernel filters the route
+        and FDB dumps, so none of the pods' entries is decoded (~0.3 ms a link, ~30 µs
+        a route)."""
         with self._lock:
             have = Desired()
             names: dict[int, str] = {}
-            for r in self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE, proto=PROTO):
+            with _dump_socket_beside(self.ipr) as dumps:
+                routes = dumps.dump(rtnl.routes(socket.AF_INET, MAIN_TABLE, PROTO))
+                vxlan = self._vxlan_index()
+                fdb = dumps.dump(rtnl.fdb(vxlan)) if vxlan is not None else []
+            for r in routes:
+                if r["proto"] != PROTO or r["table"] != MAIN_TABLE:
+                    continue  # a kernel before 4.20 does not filter dumps
                 dst = f"{r.get('dst')}/{r['dst_len']}"
                 if r["type"] == RTN_BLACKHOLE:
                     have.routes[dst] = Route(dst, "blackhole")
@@ -56,15 +80,14 @@ class LinuxDataplane:
                     names[oif] = self._link_name(oif)
                 kind = "vxlan" if names[oif] == VXLAN_DEVICE else "direct"
                 have.routes[dst] = Route(dst, kind, r.get("gateway") or "", names[oif])
-            vxlan = self._vxlan_index()
             if vxlan is not None:
                 for n in self.ipr.get_neighbours(ifindex=vxlan, family=socket.AF_INET):
                     if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR"):
                         have.neighbours[n.get("NDA_DST")] = Neighbour(n.get("NDA_DST"),
                                                                       n.get("NDA_LLADDR"))
-                for f in self.ipr.fdb("dump", ifindex=vxlan):
-                    if f.get("NDA_DST") and f["state"] & NUD_PERMANENT:
-                        have.fdb[f.get("NDA_LLADDR")] = Fdb(f.get("NDA_LLADDR"), f.get("NDA_DST"))
+            for f in fdb:
+                if f["ifindex"] == vxlan and f.get("NDA_DST") and f["state"] & NUD_PERMANENT:
+                    have.fdb[f.get("NDA_LLADDR")] = Fdb(f.get("NDA_LLADDR"), f.get("NDA_DST"))
             return have
 
     def _link_name(self, index: int | None) -> str:

@@ -12,31 +12,20 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from weft.agent.dataplane import PROTO
 from weft.agent.routes import VXLAN_DEVICE
+from weft.cni.rtnl import HEADER, messages_of
 
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x40
 RTM_DELLINK, RTM_DELROUTE, RTM_DELNEIGH = 17, 25, 29
 NUD_PERMANENT = 0x80
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
-RTMSG_PROTOCOL = NLMSG_HEADER.size + 5  # family, dst_len, src_len, tos, table, protocol
+RTMSG_PROTOCOL = HEADER.size + 5  # family, dst_len, src_len, tos, table, protocol
 NDMSG_STATE = struct.Struct("=H")
-NDMSG_STATE_OFFSET = NLMSG_HEADER.size + 8  # family, pad, pad, ifindex, then state
-
-
-def messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, whole message) for each netlink message in one datagram."""
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind = NLMSG_HEADER.unpack_from(data, offset)[:2]
-        if length < NLMSG_HEADER.size:
-            return
-        yield kind, data[offset:offset + length]
-        offset += (length + 3) & ~3
+NDMSG_STATE_OFFSET = HEADER.size + 8  # family, pad, pad, ifindex, then state
 
 
 def deletes_weft_entry(kind: int, message: bytes) -> bool:
@@ -68,5 +57,5 @@ def watch(on_deletion: Callable[[], None]) -> None:
                     raise
                 on_deletion()  # notifications were lost: look at everything
                 continue
-            if any(deletes_weft_entry(kind, message) for kind, message in messages(data)):
+            if any(deletes_weft_entry(kind, message) for kind, _, message in messages_of(data)):
                 on_deletion()

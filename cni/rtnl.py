@@ -9,14 +9,16 @@ and acks each, so one round trip does what took several.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_DUMP,
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSG_DONE,
@@ -27,6 +29,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
     RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWNEIGH,
@@ -44,6 +48,7 @@ MAIN_TABLE = 254
 RTPROT_BOOT = 3  # what `ip route add` sets
 RTN_UNICAST = 1
 RTEXT_FILTER_SKIP_STATS = 1 << 3
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 
 Answer = ifinfmsg | NetlinkError | None
 
@@ -51,11 +56,16 @@ Answer = ifinfmsg | NetlinkError | None
 class Rtnl:
     """One rtnetlink socket, in the network namespace of the thread that opened it."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = False) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                    socket.NETLINK_ROUTE)
         self._sock.bind((0, 0))
         self._sequence = itertools.count(1)
+        if strict:
+            # Before Linux 4.20 the option is unknown and dumps come unfiltered: callers
+            # filter what they get as well.
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
 
     def close(self) -> None:
         self._sock.close()
@@ -80,24 +90,46 @@ class Rtnl:
         self._sock.send(data)
         answers: list[Answer] = [None] * len(messages)
         while pending:
-            reply = self._sock.recv(1 << 16)
-            offset = 0
-            while offset + HEADER.size <= len(reply):
-                length, kind, _, sequence, _ = HEADER.unpack_from(reply, offset)
-                if sequence in pending:
-                    if kind == NLMSG_ERROR:
-                        code = ERROR_CODE.unpack_from(reply, offset + HEADER.size)[0]
-                        position = pending.pop(sequence)
-                        if code < 0:
-                            answers[position] = NetlinkError(-code)
-                    elif kind == RTM_NEWLINK:
-                        link = ifinfmsg(reply[offset:offset + length])
-                        link.decode()
-                        answers[pending[sequence]] = link
-                    elif kind == NLMSG_DONE:
-                        pending.pop(sequence)
-                offset += (length + 3) & ~3
+            for kind, sequence, message in messages_of(self._sock.recv(1 << 16)):
+                if sequence not in pending:
+                    continue
+                if kind == NLMSG_ERROR:
+                    code = ERROR_CODE.unpack_from(message, HEADER.size)[0]
+                    position = pending.pop(sequence)
+                    if code < 0:
+                        answers[position] = NetlinkError(-code)
+                elif kind == RTM_NEWLINK:
+                    link = ifinfmsg(message)
+                    link.decode()
+                    answers[pending[sequence]] = link
+                elif kind == NLMSG_DONE:
+                    pending.pop(sequence)
         return answers
+
+    def dump(self, request: nlmsg) -> list[nlmsg]:
+        """Everything a dump request answers, decoded as the request's own class. On a
+        socket opened with strict=True the kernel applies the request's filters itself
+        (its protocol, table or interface), so the rest is never decoded here."""
+        sequence = next(self._sequence)
+        request["header"]["sequence_number"] = sequence
+        request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+        request.encode()
+        self._sock.send(request.data)
+        found: list[nlmsg] = []
+        while True:
+            for kind, answered, message in messages_of(self._sock.recv(1 << 16)):
+                if answered != sequence:
+                    continue
+                if kind == NLMSG_DONE:
+                    return found
+                if kind == NLMSG_ERROR:
+                    code = ERROR_CODE.unpack_from(message, HEADER.size)[0]
+                    if code < 0:
+                        raise NetlinkError(-code)
+                    continue
+                answer = type(request)(message)
+                answer.decode()
+                found.append(answer)
 
     def call(self, *messages: nlmsg) -> list[Answer]:
         """`batch`, raising the first failure."""
@@ -106,6 +138,17 @@ class Rtnl:
             if isinstance(answer, NetlinkError):
                 raise answer
         return answers
+
+
+def messages_of(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence number, whole message) for each netlink message in a datagram."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, kind, _, sequence, _ = HEADER.unpack_from(data, offset)
+        if length < HEADER.size:
+            return
+        yield kind, sequence, data[offset:offset + length]
+        offset += (length + 3) & ~3
 
 
 def _with_header(message: nlmsg, kind: int, flags: int) -> nlmsg:
@@ -178,6 +221,20 @@ def add_route(family: int, dst: str, prefixlen: int, oif: int, scope: int,
         attrs.append(("RTA_GATEWAY", gateway))
     route["attrs"] = attrs
     return route
+
+
+def routes(family: int, table: int, proto: int) -> rtmsg:
+    """A dump request for the routes of one protocol in one table."""
+    route = _with_header(rtmsg(), RTM_GETROUTE, 0)
+    route["family"], route["table"], route["proto"] = family, table, proto
+    return route
+
+
+def fdb(ifindex: int) -> ndmsg:
+    """A dump request for the forwarding entries of one device."""
+    entry = _with_header(ndmsg(), RTM_GETNEIGH, 0)
+    entry["family"], entry["ifindex"] = socket.AF_BRIDGE, ifindex
+    return entry
 
 
 def link_of(answers: Sequence[Answer], position: int) -> ifinfmsg:

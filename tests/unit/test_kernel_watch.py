@@ -8,6 +8,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from weft.agent import kernel_watch
 from weft.agent.dataplane import PROTO
 from weft.agent.routes import VXLAN_DEVICE
+from weft.cni.rtnl import messages_of
 
 
 def _encoded(message, kind: int) -> bytes:
@@ -39,7 +40,7 @@ def link(name: str) -> bytes:
 
 def wakes(data: bytes) -> bool:
     return any(kernel_watch.deletes_weft_entry(kind, message)
-               for kind, message in kernel_watch.messages(data))
+               for kind, _, message in messages_of(data))
 
 
 def test_only_deletions_of_weft_entries_wake_the_agent():
