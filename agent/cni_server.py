@@ -50,15 +50,13 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class CNIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """Serves the CNI socket from a background thread."""
-
-    daemon_threads = True
+    """Serves the CNI socket from a background thread. Closing it waits for the
+    requests in hand: a pod half plumbed when the agent stops would need kubelet's retry."""
 
     def __init__(self, path: str, runners: Mapping[str, Runner] | None = None,
                  observe: Observer | None = None,
                  listening: socket.socket | None = None) -> None:
-        """Bind `path`; or, in a worker, serve `listening`, the socket the agent bound
-        (then closing the server waits for the requests in hand)."""
+        """Bind `path`; or, in a worker, serve `listening`, the socket the agent bound."""
         self.path = path
         self.runners = dict(runners or default_runners())
         self.observe = observe or (lambda *_: None)
@@ -67,7 +65,6 @@ class CNIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().__init__(path, _Handler, bind_and_activate=False)
             self.socket.close()
             self.socket = listening
-            self.daemon_threads = False
             return
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         if os.path.exists(path):
