@@ -65,10 +65,6 @@ class CNIWorkers:
                 proc.kill()
                 proc.wait()
 
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self._procs if p.poll() is None]
-
     def _run(self, number: int) -> None:
         while not self._stopping.is_set():
             proc = subprocess.Popen([sys.executable, "-m", "weft.agent.cni_workers",

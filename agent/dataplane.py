@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weft.agent.routes import VXLAN_DEVICE, Desired, Diff, Fdb, Neighbour, Route
+from weft.agent.vxlan import index as tunnel_index
 from weft.cni import netns, rtnl
 from weft.cni.rtnl import Rtnl
 
@@ -66,7 +67,7 @@ class LinuxDataplane:
             names: dict[int, str] = {}
             with _dump_socket_beside(self.ipr) as dumps:
                 routes = dumps.dump(rtnl.routes(socket.AF_INET, MAIN_TABLE, PROTO))
-                vxlan = self._vxlan_index()
+                vxlan = tunnel_index(self.ipr)
                 fdb = dumps.dump(rtnl.fdb(vxlan)) if vxlan is not None else []
             for r in routes:
                 if r["proto"] != PROTO or r["table"] != MAIN_TABLE:
@@ -95,12 +96,6 @@ class LinuxDataplane:
             return self.ipr.link("get", index=index)[0].get("ifname") if index else ""
         except NetlinkError:
             return ""  # gone since the route dump
-
-    def _vxlan_index(self) -> int | None:
-        try:
-            return self.ipr.link("get", ifname=VXLAN_DEVICE)[0]["index"]
-        except NetlinkError:
-            return None
 
     def apply(self, change: Diff) -> list[str]:
         with self._lock:

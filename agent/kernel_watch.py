@@ -14,15 +14,20 @@ import socket
 import struct
 from collections.abc import Callable
 
+from pyroute2.netlink.rtnl import (
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
+)
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from weft.agent.dataplane import PROTO
+from weft.agent.dataplane import NUD_PERMANENT, PROTO
 from weft.agent.routes import VXLAN_DEVICE
 from weft.cni.rtnl import HEADER, messages_of
 
-RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x40
-RTM_DELLINK, RTM_DELROUTE, RTM_DELNEIGH = 17, 25, 29
-NUD_PERMANENT = 0x80
 RTMSG_PROTOCOL = HEADER.size + 5  # family, dst_len, src_len, tos, table, protocol
 NDMSG_STATE = struct.Struct("=H")
 NDMSG_STATE_OFFSET = HEADER.size + 8  # family, pad, pad, ifindex, then state

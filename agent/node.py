@@ -154,7 +154,7 @@ class NodeAgent:
         blocks = self.store.list("IPAMBlock")
         peers = peers_from_nodes(self.store.list("Node"))
         peers.pop(self.local.name, None)
-        if full or not vxlan.exists(self.ipr):
+        if full or vxlan.index(self.ipr) is None:
             self._ensure_tunnel()
         want = desired(self.local, blocks, peers, pools)
         change = diff(want, self.dataplane.current())

@@ -65,8 +65,10 @@ def ensure(ipr: IPRoute, underlay: Underlay, tunnel_ip: str, offload: bool) -> s
     return found.get("address")
 
 
-def exists(ipr: IPRoute) -> bool:
-    return _get(ipr) is not None
+def index(ipr: IPRoute) -> int | None:
+    """weft.vxlan's interface index; None when there is no such device."""
+    found = _get(ipr)
+    return found["index"] if found is not None else None
 
 
 def remove(ipr: IPRoute) -> bool:
