@@ -81,10 +81,10 @@ def attach(netns_path: str, ifname: str, host_ifname: str, addresses: list[str],
                 rtnl.get_link(host_ifname))
         finally:
             os.close(fd)
-        if isinstance(removed, NetlinkError) and removed.code != errno.ENODEV:
-            raise CNIError(NETWORK_SETUP, f"failed to remove the leftover {host_ifname}",
-                           str(removed))
         if isinstance(created, NetlinkError):
+            if isinstance(removed, NetlinkError) and removed.code != errno.ENODEV:
+                raise CNIError(NETWORK_SETUP, f"failed to remove the leftover {host_ifname}",
+                               str(removed))
             raise _create_failed(created, netns_path, ifname, host_ifname)
         try:
             if isinstance(found, NetlinkError):
