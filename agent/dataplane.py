@@ -21,7 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from weft.agent.routes import VXLAN_DEVICE, Desired, Diff, Fdb, Neighbour, Route
 from weft.agent.vxlan import index as tunnel_index
 from weft.cni import netns, rtnl
-from weft.cni.rtnl import Rtnl
+from weft.cni.rtnl import MAIN_TABLE, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ PROTO = 88  # weft's routing protocol number: "proto 88" in `ip route`
 RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
-MAIN_TABLE = 254
 SIOCGSKNS = 0x894C  # a socket's network namespace, as a new file descriptor
 
 

@@ -94,10 +94,9 @@ class Rtnl:
                 if sequence not in pending:
                     continue
                 if kind == NLMSG_ERROR:
-                    code = ERROR_CODE.unpack_from(message, HEADER.size)[0]
-                    position = pending.pop(sequence)
-                    if code < 0:
-                        answers[position] = NetlinkError(-code)
+                    position, failure = pending.pop(sequence), _failure(message)
+                    if failure is not None:  # an ack keeps what a GETLINK answered
+                        answers[position] = failure
                 elif kind == RTM_NEWLINK:
                     link = ifinfmsg(message)
                     link.decode()
@@ -123,9 +122,9 @@ class Rtnl:
                 if kind == NLMSG_DONE:
                     return found
                 if kind == NLMSG_ERROR:
-                    code = ERROR_CODE.unpack_from(message, HEADER.size)[0]
-                    if code < 0:
-                        raise NetlinkError(-code)
+                    failure = _failure(message)
+                    if failure is not None:
+                        raise failure
                     continue
                 answer = type(request)(message)
                 answer.decode()
@@ -149,6 +148,12 @@ def messages_of(data: bytes) -> Iterator[tuple[int, int, bytes]]:
             return
         yield kind, sequence, data[offset:offset + length]
         offset += (length + 3) & ~3
+
+
+def _failure(message: bytes) -> NetlinkError | None:
+    """What an NLMSG_ERROR message reports: None for an ack, else the error."""
+    code = ERROR_CODE.unpack_from(message, HEADER.size)[0]
+    return NetlinkError(-code) if code < 0 else None
 
 
 def _with_header(message: nlmsg, kind: int, flags: int) -> nlmsg:
