@@ -8,10 +8,11 @@ cd "$(dirname "$0")"
 # gcc and libc6-dev build the compiled CNI shim (weft.agent.native); without them the
 # CNI binaries fall back to the slower Python shim.
 packages=(iproute2 iptables conntrack util-linux iputils-ping busybox-static
-          containernetworking-plugins iperf3 gcc libc6-dev)
+          containernetworking-plugins iperf3 gcc libc6-dev curl)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then
-    packages+=(podman runc tcpdump)
+    # podman, runc and debootstrap also build the Kubernetes lab's images.
+    packages+=(podman runc tcpdump debootstrap)
     extras="[test]"
 fi
 

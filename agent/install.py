@@ -115,25 +115,13 @@ class InstallError(Exception):
     """The install step cannot go on; the message says why."""
 
 
-def underlay_mtu() -> int:
-    """The MTU of the interface the default route uses (the node's underlay)."""
-    from pyroute2 import IPRoute
-
-    from weft.agent.underlay import discover
-
-    with IPRoute() as ipr:
-        return discover(ipr).mtu
-
-
 def install(runtime_root: Path, bin_dir: Path, conf_dir: Path, *, datastore: str,
-            node_name: str, mtu: int = 0, datastore_path: str = "",
             progress=print) -> None:
-    """The install step: runtime, CNI binaries, kubeconfig, then the conflist last.
-
-    The conflist goes last because kubelet takes its appearance as "the network
-    is ready"; everything it refers to must be in place by then.
-    """
-    from weft.agent import runtime, vxlan
+    """The install step: the runtime, the CNI binaries and, for the kubernetes datastore,
+    the CNI plugin's kubeconfig. Not the conflist: the agent writes it once its first
+    reconcile is done, because containerd and CRI-O take a loadable conflist as "the
+    node's network is ready" (the Node turns Ready and pods are scheduled to it)."""
+    from weft.agent import runtime
 
     progress(f"copying a self-contained Python runtime to {runtime_root}")
     current = runtime.build(runtime_root)
@@ -142,13 +130,7 @@ def install(runtime_root: Path, bin_dir: Path, conf_dir: Path, *, datastore: str
     library = str(stable / "lib") if runtime.library_path(current) else ""
     for path in install_binaries(bin_dir, str(python), stable / "shim", library):
         progress(f"installed {path} ({shim_kind(path)})")
-    settings: dict[str, Any] = {"datastore": datastore, "nodeName": node_name}
     if datastore == "kubernetes":
         path = kubeconfig_from_service_account(conf_dir / KUBECONFIG_NAME)
-        settings["kubeconfig"] = str(path)
         progress(f"wrote {path}")
-    else:
-        settings["datastorePath"] = datastore_path
-    mtu = mtu or underlay_mtu() - vxlan.OVERHEAD
-    path = install_conflist(conf_dir, conflist(mtu, **settings))
-    progress(f"wrote {path} (MTU {mtu})")
+    progress(f"the agent writes {conf_dir / CONFLIST_NAME} when the node is ready")

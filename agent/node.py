@@ -24,6 +24,7 @@ from weft.agent.cni_server import Runner, default_runners
 from weft.agent.config import AgentConfig
 from weft.agent.dataplane import Dataplane, LinuxDataplane
 from weft.agent.install import (
+    KUBECONFIG_NAME,
     InstallError,
     conflist,
     install_conflist,
@@ -103,10 +104,15 @@ class NodeAgent:
         """The first full reconcile is done: tell kubelet (config file) and probes."""
         if self.config.cni_conf_dir:
             assert self.underlay is not None
+            if self.config.datastore == "kubernetes":
+                where = {"kubeconfig": self.config.cni_kubeconfig or
+                         str(Path(self.config.cni_conf_dir) / KUBECONFIG_NAME)}
+            else:
+                where = {"datastorePath": self.config.datastore_path}
             path = install_conflist(self.config.cni_conf_dir, conflist(
                 self.underlay.mtu - vxlan.OVERHEAD, datastore=self.config.datastore,
-                datastorePath=self.config.datastore_path, stateDir=self.config.state_dir,
-                nodeName=self.config.node_name, socket=self.config.socket))
+                stateDir=self.config.state_dir, nodeName=self.config.node_name,
+                socket=self.config.socket, **where))
             log.info("wrote %s", path)
         self.ready = True
 

@@ -8,9 +8,7 @@ inside them), so it also cleans up after an `up` that failed halfway.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +21,9 @@ from weft.agent.install import CONFLIST_NAME, install_binaries
 from weft.ipam.local import LocalStore
 from weft.ipam.pools import DEFAULT_POOL
 from weft.lab import netns, podman, services, topology, wiring
+from weft.lab.kube import teardown
 from weft.lab.libcni import Runtime
+from weft.lab.processes import alive, processes_in, spawn, stop
 from weft.lab.state import LabState, lab_root, load
 
 Progress = Callable[[str], None]
@@ -45,7 +45,7 @@ def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
     plan = state.plan
     state.save()
     try:
-        _build_network(state, plan, progress)
+        build_network(state, plan, progress)
         _start_agents(state, plan, vxlan_mode, progress)
         _make_pods(state, plan, progress)
         _start_proxies(state, progress)
@@ -62,7 +62,7 @@ def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
     return state
 
 
-def _build_network(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
+def build_network(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
     infra = [plan.internet, plan.router, *(s.switch for s in plan.subnets)]
     progress(f"creating {len(infra)} infrastructure and {len(plan.nodes)} node namespaces")
     for name in infra + [n.netns for n in plan.nodes]:
@@ -152,7 +152,7 @@ def wait_converged(state: LabState, timeout: float = 30) -> None:
 def restart_agent(state: LabState, node: str, sig: int = signal.SIGKILL) -> None:
     """Stop a node's agent with `sig` and start it again (its CNI config stays)."""
     pid = state.processes[f"agent-{node}"]
-    _stop({pid}, sig=sig)
+    stop({pid}, sig=sig)
     (state.node_dir(node) / "net.d" / CONFLIST_NAME).unlink(missing_ok=True)
     state.processes[f"agent-{node}"] = _spawn(netns.path(node), _agent_command(state, node),
                                               state.node_dir(node) / "agent.log")
@@ -167,7 +167,7 @@ def remove_node(state: LabState, node: str, progress: Progress) -> None:
     pods = [p for p, info in state.pods.items() if info["node"] == node]
     progress(f"deleting {len(pods)} pods on {node}")
     for pod in pods:
-        _stop({state.processes.pop(f"server-{pod}")})
+        stop({state.processes.pop(f"server-{pod}")})
         if state.runtime == "podman":
             node_podman(state, node)("rm", "-f", "-t", "0", pod)
         else:
@@ -175,7 +175,7 @@ def remove_node(state: LabState, node: str, progress: Progress) -> None:
             netns.remove(pod)
         del state.pods[pod]
     progress(f"stopping the agent on {node} and deleting its Node object")
-    _stop({state.processes.pop(f"agent-{node}"), state.processes.pop(f"proxy-{node}")})
+    stop({state.processes.pop(f"agent-{node}"), state.processes.pop(f"proxy-{node}")})
     store = LocalStore(state.datastore)
     store.delete("Node", node)
     store.apply(services.endpoint_slice("echo", state.pods))
@@ -273,13 +273,14 @@ def down(name: str, progress: Progress) -> None:
             if netns.exists(node.netns) and (state.node_dir(node.name) / "podman").exists():
                 progress(f"removing containers on {node.name}")
                 node_podman(state, node.name).remove_all()
+    teardown.stop_nodes(name, state, progress)
     namespaces = [n for n in netns.listed(name) if topology.owned_by(name, n)]
-    victims = _processes_in(namespaces)
+    victims = processes_in(namespaces)
     if state is not None:
         victims |= {pid for pid in state.processes.values() if alive(pid)}
     if victims:
         progress(f"stopping {len(victims)} processes")
-        _stop(victims)
+        stop(victims)
     if namespaces:
         progress(f"removing {len(namespaces)} namespaces")
     for ns in namespaces:
@@ -287,57 +288,9 @@ def down(name: str, progress: Progress) -> None:
     root = lab_root(name)
     if root.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+    teardown.remove_node_state(name, progress)
 
 
 def _spawn(ns_path: str, command: list[str], log: Path) -> int:
     """A long-running process in the netns at `ns_path`, outliving this command."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(["nsenter", f"--net={ns_path}", *command], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    return proc.pid
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie (whose parent, maybe not this process, has not reaped it)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _processes_in(namespaces: list[str]) -> set[int]:
-    """Processes whose network namespace is one of `namespaces`."""
-    wanted = set()
-    for name in namespaces:
-        with contextlib.suppress(FileNotFoundError):
-            st = os.stat(netns.path(name))
-            wanted.add((st.st_dev, st.st_ino))
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            st = os.stat(f"/proc/{entry}/ns/net")
-            if (st.st_dev, st.st_ino) in wanted:
-                found.add(int(entry))
-    found.discard(os.getpid())
-    return found
-
-
-def _stop(pids: set[int], grace: float = 5, sig: int = signal.SIGTERM) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    return spawn(["nsenter", f"--net={ns_path}", *command], log)

@@ -6,9 +6,15 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from weft.ipam.pools import VXLAN_MODES
 from weft.lab import build, matrix, status, topology
+from weft.lab.kube import addons as kube_addons
+from weft.lab.kube import cluster, components, gobuild
+from weft.lab.kube import layout as kube_layout
+from weft.lab.kube import matrix as kube_matrix
+from weft.lab.kube import status as kube_status
 from weft.lab.state import LabState, load
 
 
@@ -34,6 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="bare namespaces, or busybox containers through podman")
     up.add_argument("--vxlan-mode", choices=VXLAN_MODES, default="CrossSubnet",
                     help="the default pool's vxlanMode (default: CrossSubnet)")
+    up.add_argument("--kubernetes", action="store_true",
+                    help="real kube-apiserver, containerd and kubelets; weft installed from "
+                         "manifests/weft.yaml (build them with 'weft lab build-kubernetes')")
+    up.add_argument("--kube-bin-dir", type=Path, default=None,
+                    help="with --kubernetes: the Kubernetes binaries to use, with the image "
+                         f"archives in ../images (default: {kube_layout.default_bin_dir()})")
+    up.add_argument("--retain", action="store_true",
+                    help="keep a lab whose build failed, to look at its logs")
+    kb = lab_sub.add_parser("build-kubernetes",
+                            help="build the Kubernetes lab's binaries and images from source")
+    kb.add_argument("--kubernetes-version", default=components.KUBERNETES_VERSION,
+                    help=f"a Kubernetes release (default: {components.KUBERNETES_VERSION})")
+    kb.set_defaults(func=_build_kubernetes)
+    command("kubeconfig", _kubeconfig, "print the path of a Kubernetes lab's admin kubeconfig")
+    kubectl_cmd = command("kubectl", _kubectl,
+                          "run kubectl against a Kubernetes lab: weft lab kubectl -- ARGS")
+    kubectl_cmd.add_argument("args", nargs=argparse.REMAINDER, help="kubectl's arguments")
     command("test", _test, "run the connectivity matrix; exit 0 only if all passes")
     command("status", _status, "print nodes, blocks, pods and routes")
     exec_cmd = command("exec", _exec, "run a command in a pod: weft lab exec POD -- CMD")
@@ -60,6 +83,8 @@ def _up(args: argparse.Namespace) -> int:
         topology.plan(args.name, args.nodes, args.subnets, args.pods_per_node)
     except ValueError as err:
         raise LabCommandError(str(err)) from err
+    if args.kubernetes:
+        return _up_kubernetes(args)
     print(f"building lab {args.name!r}: {args.nodes} nodes over {args.subnets} subnets, "
           f"{args.pods_per_node} pods per node ({args.runtime})")
     started = time.monotonic()
@@ -73,8 +98,76 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_kubernetes(args: argparse.Namespace) -> int:
+    if args.runtime != "netns" or args.vxlan_mode != "CrossSubnet":
+        raise LabCommandError("--kubernetes runs pods under containerd with the default pool "
+                              "(CrossSubnet); leave out --runtime and --vxlan-mode")
+    bin_dir = args.kube_bin_dir or kube_layout.default_bin_dir()
+    print(f"building Kubernetes lab {args.name!r}: {args.nodes} nodes over {args.subnets} "
+          f"subnets, {args.pods_per_node} echo pods per node, binaries from {bin_dir}")
+    started = time.monotonic()
+    try:
+        state = cluster.up(args.name, args.nodes, args.subnets, args.pods_per_node, bin_dir,
+                           _progress, args.retain)
+    except build.LabError as err:
+        raise LabCommandError(str(err)) from err
+    print(f"lab {args.name!r} is up in {time.monotonic() - started:.1f}s: "
+          f"{len(state.pods)} pods on {args.nodes} nodes; try "
+          f"'weft lab test{_name_flag(args.name)}' or "
+          f"'weft lab kubectl{_name_flag(args.name)} -- get pods -A -o wide'")
+    return 0
+
+
+def _name_flag(name: str) -> str:
+    return "" if name == "weft" else f" --name {name}"
+
+
+def _build_kubernetes(args: argparse.Namespace) -> int:
+    print(f"building Kubernetes {args.kubernetes_version} and the lab's images "
+          f"into {kube_layout.CACHE}")
+    try:
+        from weft.lab.kube import artifacts
+
+        artifacts.build(args.kubernetes_version, _progress)
+    except gobuild.BuildError as err:
+        raise LabCommandError(str(err)) from err
+    return 0
+
+
+def _kubernetes_lab(name: str) -> LabState:
+    state = _loaded(name)
+    if state.runtime != cluster.RUNTIME:
+        raise LabCommandError(f"lab {name!r} is not a Kubernetes lab; "
+                              "start one with 'weft lab up --kubernetes'")
+    return state
+
+
+def _kubeconfig(args: argparse.Namespace) -> int:
+    state = _kubernetes_lab(args.name)
+    kube = cluster.kube_layout(state)
+    print(kube.admin_kubeconfig)
+    print(f"# the API server is {kube_layout.api_server_url(state.plan)}, inside the lab: "
+          f"run kubectl with 'weft lab kubectl{_name_flag(args.name)} -- ARGS', or as "
+          f"'nsenter --net=/run/netns/{kube.control_plane} kubectl --kubeconfig "
+          f"{kube.admin_kubeconfig} ARGS'", file=sys.stderr)
+    return 0
+
+
+def _kubectl(args: argparse.Namespace) -> int:
+    kube = cluster.kube_layout(_kubernetes_lab(args.name))
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    command = [*cluster.kubectl_prefix(kube), *rest]
+    os.execvp(command[0], command)
+    return 127  # not reached
+
+
 def _test(args: argparse.Namespace) -> int:
     state = _loaded(args.name)
+    if state.runtime == cluster.RUNTIME:
+        print(f"testing Kubernetes lab {args.name!r}: {len(state.pods)} pods")
+        checks = kube_matrix.run(state)
+        sys.stdout.write(matrix.report(state, checks))
+        return 0 if all(c.passed for c in checks) else 1
     print(f"testing lab {args.name!r}: {len(state.pods)} pods, {args.name} internet at "
           f"{topology.INTERNET_ADDRESS}")
     checks = matrix.run(state)
@@ -83,12 +176,16 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    sys.stdout.write(status.show(_loaded(args.name)))
+    state = _loaded(args.name)
+    show = kube_status.show if state.runtime == cluster.RUNTIME else status.show
+    sys.stdout.write(show(state))
     return 0
 
 
 def _exec(args: argparse.Namespace) -> int:
     state = _loaded(args.name)
+    if state.runtime == cluster.RUNTIME:
+        cluster.record_pods(state, cluster.kube_layout(state))
     pod = args.pod if args.pod in state.pods else f"{args.name}-{args.pod}"
     if pod not in state.pods:
         raise LabCommandError(f"no pod {args.pod!r} in lab {args.name!r}; "
@@ -96,7 +193,11 @@ def _exec(args: argparse.Namespace) -> int:
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         raise LabCommandError("give a command: weft lab exec POD -- CMD")
-    prefix = matrix.exec_prefix(state, pod)
+    if state.runtime == cluster.RUNTIME:
+        prefix = [*cluster.kubectl_prefix(cluster.kube_layout(state)), "-n",
+                  kube_addons.WORKLOAD_NAMESPACE, "exec", "-i", pod, "--"]
+    else:
+        prefix = matrix.exec_prefix(state, pod)
     os.execvp(prefix[0], [*prefix, *command])
     return 127  # not reached
 
@@ -104,8 +205,9 @@ def _exec(args: argparse.Namespace) -> int:
 def _remove_node(args: argparse.Namespace) -> int:
     state = _loaded(args.name)
     node = args.node if args.node.startswith(f"{args.name}-") else f"{args.name}-{args.node}"
+    remove = cluster.remove_node if state.runtime == cluster.RUNTIME else build.remove_node
     try:
-        build.remove_node(state, node, _progress)
+        remove(state, node, _progress)
     except build.LabError as err:
         raise LabCommandError(str(err)) from err
     print(f"{node} removed; its blocks are released")

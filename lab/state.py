@@ -28,6 +28,9 @@ class LabState:
     processes: dict[str, int] = field(default_factory=dict)
     removed_nodes: list[str] = field(default_factory=list)
     ready: bool = False
+    # A Kubernetes lab's binaries, and what it saw while it was built.
+    kube_bin_dir: str = ""
+    observed: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def nodes_present(self) -> list[topology.NodePlan]:

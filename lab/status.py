@@ -7,7 +7,7 @@ from pyroute2 import IPRoute
 from weft.cni.netns import entered
 from weft.ipam.local import LocalStore
 from weft.lab import netns
-from weft.lab.build import alive
+from weft.lab.processes import alive
 from weft.lab.state import LabState
 from weft.table import render
 
@@ -24,7 +24,19 @@ def show(state: LabState) -> str:
     block_rows = sorted((b["spec"]["cidr"], b["spec"]["node"], b["spec"].get("pool", "-"))
                         for b in store.list("IPAMBlock"))
     pod_rows = [(name, info["ip"], info["node"]) for name, info in state.pods.items()]
-    route_rows = []
+    route_rows = routes(state)
+    return (f"lab {state.name}: {len(state.nodes_present)} nodes, {len(plan.subnets)} subnets, "
+            f"runtime {state.runtime}, {'ready' if state.ready else 'NOT READY'}\n\n"
+            "NODES\n" + render(("node", "address", "subnet", "agent", "proxy", "pods"), node_rows)
+            + "\nBLOCKS\n" + render(("cidr", "node", "pool"), block_rows)
+            + "\nPODS\n" + render(("pod", "ip", "node"), pod_rows)
+            + "\nROUTES to other blocks\n" + render(("node", "destination", "type", "via",
+                                                      "dev"), route_rows))
+
+
+def routes(state: LabState) -> list[tuple[str, ...]]:
+    """Each node's routes to pod blocks, its own pods' /32s left out."""
+    rows = []
     for node in state.nodes_present:
         if not netns.exists(node.netns):
             continue
@@ -39,15 +51,9 @@ def show(state: LabState) -> str:
                     continue  # a local pod's route; the pods table shows those
                 kind = {6: "blackhole"}.get(route["type"], "unicast")
                 via = route.get("gateway") or "-"
-                route_rows.append((node.name, f"{dst}/{route['dst_len']}", kind, via,
-                                   names.get(route.get("oif"), "-")))
-    return (f"lab {state.name}: {len(state.nodes_present)} nodes, {len(plan.subnets)} subnets, "
-            f"runtime {state.runtime}, {'ready' if state.ready else 'NOT READY'}\n\n"
-            "NODES\n" + render(("node", "address", "subnet", "agent", "proxy", "pods"), node_rows)
-            + "\nBLOCKS\n" + render(("cidr", "node", "pool"), block_rows)
-            + "\nPODS\n" + render(("pod", "ip", "node"), pod_rows)
-            + "\nROUTES to other blocks\n" + render(("node", "destination", "type", "via",
-                                                      "dev"), route_rows))
+                rows.append((node.name, f"{dst}/{route['dst_len']}", kind, via,
+                             names.get(route.get("oif"), "-")))
+    return rows
 
 
 def _running(state: LabState, process: str) -> str:

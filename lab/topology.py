@@ -118,5 +118,5 @@ def check_name(name: str) -> None:
 
 def owned_by(name: str, netns: str) -> bool:
     """Does a namespace name belong to lab `name` (and not to a lab named like it)?"""
-    pattern = rf"{re.escape(name)}-(router|inet|sw\d+|node\d+(-pod\d+)?)"
+    pattern = rf"{re.escape(name)}-(router|inet|cp|sw\d+|node\d+(-pod\d+)?)"
     return re.fullmatch(pattern, netns) is not None

@@ -95,13 +95,10 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    import socket
-
     from weft.agent.install import install
 
     install(Path(args.runtime_dir), Path(args.bin_dir), Path(args.conf_dir),
-            datastore=args.datastore, node_name=args.node_name or socket.gethostname(),
-            mtu=args.mtu, datastore_path=args.datastore_path)
+            datastore=args.datastore)
     return 0
 
 
@@ -154,15 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_store_arguments(cmd)
         cmd.set_defaults(func=func)
 
-    full = sub.add_parser("install", help="install weft on a node: runtime, CNI binaries, "
-                          "kubeconfig and conflist (the DaemonSet's init container)")
-    full.add_argument("--runtime-dir", default="/opt/weft", help="where the runtime goes")
-    full.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory")
-    full.add_argument("--conf-dir", default="/etc/cni/net.d", help="CNI config directory")
-    full.add_argument("--mtu", type=int, default=int(os.environ.get("WEFT_MTU", "0")),
-                      help="pod MTU (default: the underlay's MTU minus 50 for VXLAN)")
-    full.add_argument("--node-name", default=os.environ.get("WEFT_NODE_NAME", ""))
-    _add_store_arguments(full)
+    full = sub.add_parser("install", help="install weft on a node: runtime, CNI binaries "
+                          "and kubeconfig (the DaemonSet's init container)")
+    full.add_argument("--runtime-dir", default="/opt/weft",
+                      help="where the runtime goes (default: /opt/weft)")
+    full.add_argument("--bin-dir", default="/opt/cni/bin",
+                      help="CNI binary directory (default: /opt/cni/bin)")
+    full.add_argument("--conf-dir", default="/etc/cni/net.d",
+                      help="where the CNI kubeconfig goes (default: /etc/cni/net.d)")
+    full.add_argument("--datastore", choices=("local", "kubernetes"),
+                      default=os.environ.get("WEFT_DATASTORE", "local"),
+                      help="kubernetes also writes the CNI plugin's kubeconfig")
     full.set_defaults(func=_cmd_install)
 
     install = sub.add_parser("install-cni", help="install the weft and weft-ipam CNI binaries")

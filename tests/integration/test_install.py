@@ -14,7 +14,7 @@ import pytest
 
 import weft
 from weft.agent import native
-from weft.agent.install import install, shim_kind
+from weft.agent.install import CONFLIST_NAME, conflist, install, shim_kind
 from weft.lab import netns
 
 pytestmark = pytest.mark.integration
@@ -44,15 +44,17 @@ def run_hidden(script: list[str], stdin: bytes = b"", env: dict | None = None
 
 def test_installed_binary_works_where_python_is_hidden(node, tmp_path):
     runtime, bin_dir, conf = tmp_path / "opt-weft", tmp_path / "cni-bin", tmp_path / "net.d"
-    install(runtime, bin_dir, conf, datastore="local", node_name=node.name, mtu=1400,
-            datastore_path=str(node.datastore_path), progress=lambda _m: None)
+    install(runtime, bin_dir, conf, datastore="local", progress=lambda _m: None)
     assert (runtime / "current").is_symlink()
+    # The agent writes the conflist once it has reconciled: never the install step, or
+    # the runtime would call the node's network ready before any route or NAT exists.
+    assert not (conf / CONFLIST_NAME).exists()
     # With a C compiler the compiled shim, which execs the runtime's Python when no
     # agent answers, as here: every call below goes through both.
     expected = "compiled shim" if native.compiled_shim() else "Python shim"
     assert shim_kind(bin_dir / "weft") == shim_kind(bin_dir / "weft-ipam") == expected
-    plugin = json.loads((conf / "10-weft.conflist").read_text())["plugins"][0]
-    assert plugin["mtu"] == 1400 and plugin["datastore"] == "local"
+    plugin = conflist(1400, datastore="local", nodeName=node.name,
+                      datastorePath=str(node.datastore_path))["plugins"][0]
 
     no_python = run_hidden(["python3 -c pass 2>/dev/null && echo PYTHON-VISIBLE || true",
                             "echo CHECKED"])
@@ -85,7 +87,6 @@ def test_a_second_install_swaps_the_runtime_atomically(tmp_path):
     runtime = tmp_path / "opt-weft"
     for _ in range(3):
         install(runtime, tmp_path / "bin", tmp_path / "net.d", datastore="local",
-                node_name="n", mtu=1450, datastore_path=str(tmp_path / "ds"),
                 progress=lambda _m: None)
     versions = sorted(p.name for p in (runtime / "versions").iterdir())
     assert len(versions) <= 2  # the current one and the one before

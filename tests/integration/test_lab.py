@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from weft.agent.routes import VXLAN_DEVICE
-from weft.lab import build, matrix, netns, podman, probe, topology
+from weft.lab import build, matrix, netns, podman, probe, processes, topology
 from weft.lab.state import lab_root
 
 from ..waiting import eventually
@@ -242,7 +242,7 @@ def test_metrics_and_health_endpoints(make_lab):
 def test_agent_cleanup_removes_what_weft_made(make_lab):
     state = make_lab(nodes=2, subnets=2, pods_per_node=0)
     node = f"{state.name}-node1"
-    build._stop({state.processes[f"agent-{node}"], state.processes[f"proxy-{node}"]})
+    processes.stop({state.processes[f"agent-{node}"], state.processes[f"proxy-{node}"]})
     conf_dir = state.node_dir(node) / "net.d"
     netns.run(node, ["python3", "-m", "weft", "agent", "cleanup", "--cni-conf-dir",
                      str(conf_dir)])

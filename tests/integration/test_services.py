@@ -13,7 +13,7 @@ import pytest
 from weft.agent.proxy import render
 from weft.agent.proxy.model import service_ports
 from weft.ipam.local import LocalStore
-from weft.lab import build, netns, services
+from weft.lab import build, netns, processes, services
 from weft.lab.matrix import ask
 
 from ..waiting import eventually
@@ -217,7 +217,7 @@ def test_another_programs_prerouting_rule_survives_every_sync(lab):
         # A restarted proxy's first sync is a full one.
         pid = lab.processes[f"proxy-{node}"]
         subprocess.run(["kill", str(pid)], check=True)
-        build._stop({pid})
+        processes.stop({pid})
         lab.processes[f"proxy-{node}"] = build._spawn(
             netns.path(node), ["python3", "-m", "weft", "proxy", "--node-name", node,
                                "--datastore-path", str(lab.datastore), "--health-address",

@@ -449,7 +449,7 @@ def test_weft_node_mounts_exactly_the_host_paths_it_needs() -> None:
 
 
 def test_install_cni_mounts_the_host_paths_at_their_own_paths() -> None:
-    """`weft install` writes host paths into the stubs and the conflist: it must see
+    """`weft install` writes host paths into the stubs and the kubeconfig: it must see
     the host's directories where the host has them."""
     have = {path: m["mountPath"] for path, m in mounts("weft-node", "install-cni").items()}
     assert have == {p: p for p in ("/opt/cni/bin", "/etc/cni/net.d", "/opt/weft")}
@@ -538,7 +538,11 @@ def test_agent_command_and_environment(container_env) -> None:
     assert config.datastore == "kubernetes"
     assert config.kubeconfig == "", "in-cluster: the pod's service account"
     assert config.default_pool == DEFAULT_POOL["cidr"]
-    assert config.cni_conf_dir == "", "install-cni writes the conflist, not the agent"
+    # The agent writes the conflist once it has reconciled: the runtime takes it as the
+    # node's network being ready.
+    assert config.cni_conf_dir == os.path.dirname(DEFAULT_KUBECONFIG)
+    assert config.cni_conf_dir == mounts("weft-node", "agent")[config.cni_conf_dir][
+        "mountPath"]
     assert (config.socket, config.state_dir) == (DEFAULT_SOCKET, DEFAULT_STATE_DIR)
     assert probe_ports(agent) == {port_of(config.health_address)} == {9645}
     assert config.health_address.startswith("0.0.0.0:"), "kubelet probes the node's IP"
@@ -570,8 +574,6 @@ def test_install_command_and_environment(container_env) -> None:
     args = parse(install["command"])
     assert args.command == "install"
     assert args.datastore == "kubernetes"
-    assert args.kubeconfig == "", "from the pod's service account"
-    assert args.node_name == "node-a"
     mounted = mounts("weft-node", "install-cni")
     for flag, path in (("runtime_dir", "/opt/weft"), ("bin_dir", "/opt/cni/bin"),
                        ("conf_dir", os.path.dirname(DEFAULT_KUBECONFIG))):

@@ -1,0 +1,61 @@
+"""What `weft lab build-kubernetes` builds: upstream components, their versions and packages.
+
+Kubernetes 1.37 is the newest release the module proxy serves, and it still starts
+on a cgroup v1 host when the kubelet says `failCgroupV1: false` (removal is planned
+for 1.38 at the earliest, KEP-5573). containerd 2.4 is the line tested against
+1.37; etcd 3.7 is what 1.37's own client libraries are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KUBERNETES_VERSION = "1.37.2"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One wrapper module under lab/kube/gomod/<name>: what it requires, what it builds."""
+
+    name: str
+    module: str
+    version: str
+    # binary name -> Go package
+    binaries: dict[str, str]
+    tags: tuple[str, ...] = ()
+    cgo: bool = False
+
+
+def kubernetes(version: str) -> Component:
+    return Component("kubernetes", "k8s.io/kubernetes", f"v{version}", {
+        "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+        "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        "agnhost": "k8s.io/kubernetes/test/images/agnhost",
+    })
+
+
+ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", "v3.7.3",
+                 {"etcd": "go.etcd.io/etcd/server/v3"})
+# The tags leave out snapshotters that need cgo and libraries a node does not have.
+CONTAINERD = Component("containerd", "github.com/containerd/containerd/v2", "v2.4.2", {
+    "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+    "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+    "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+}, tags=("no_btrfs", "no_devmapper", "no_zfs"))
+CRI_TOOLS = Component("cri-tools", "sigs.k8s.io/cri-tools", "v1.37.0",
+                      {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"})
+COREDNS = Component("coredns", "github.com/coredns/coredns", "v1.15.0",
+                    {"coredns": "github.com/coredns/coredns"})
+
+# The tag manifests/examples/connectivity.yaml (and upstream's e2e of 1.37) uses.
+AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
+COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.15.0"
+WEFT_IMAGE = "localhost/weft:dev"
+
+
+def all_components(version: str) -> list[Component]:
+    return [kubernetes(version), ETCD, CONTAINERD, CRI_TOOLS, COREDNS]
