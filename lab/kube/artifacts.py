@@ -41,7 +41,7 @@ def build(version: str, progress: Progress) -> Path:
     built = []
     for component in components.all_components(version):
         built += gobuild.build(component, bin_dir, layout.CACHE / "work", env, progress,
-                               ldflags if component is kubernetes else "")
+                               ldflags if component.module == kubernetes.module else "")
     source = gobuild.module_dir(kubernetes.module, kubernetes.version, env)
     built += images.build_all(layout.CACHE, target, source, progress)
     if version == components.KUBERNETES_VERSION:

@@ -118,7 +118,7 @@ def _start_control_plane(state: LabState, kube: KubeLayout, plan: topology.LabPl
     wiring.default_route(cp, subnet.gateway)
     progress("making the cluster's CA and certificates")
     controlplane.make_pki(kube, plan)
-    (kube.disk_dir / "etcd").mkdir(parents=True, exist_ok=True)
+    (kube.disk_dir / "etcd").mkdir(parents=True, mode=0o700, exist_ok=True)
     progress("starting etcd and kube-apiserver")
     for component, command in (("etcd", controlplane.etcd_command(kube)),
                                ("kube-apiserver", controlplane.api_server_command(kube, plan))):
@@ -185,12 +185,12 @@ def _import_images(kube: KubeLayout, holder: int, archives: list[Path]) -> None:
                              capture_output=True, text=True)
         if out.returncode != 0:
             raise LabError(f"importing {archive.name} failed: {out.stderr.strip()[-400:]}")
-        # Pinned images are never garbage collected by kubelet (kind does the same).
-        for line in out.stdout.splitlines():
-            ref = line.split()[-1] if line.startswith("Unpacking") else ""
-            if ref:
-                subprocess.run([*ctr, "images", "label", ref, "io.cri-containerd.pinned=pinned"],
-                               capture_output=True)
+    # Pinned images are never garbage collected by kubelet (kind pins its own too).
+    refs = subprocess.run([*ctr, "images", "list", "--quiet"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    for ref in refs:
+        subprocess.run([*ctr, "images", "label", ref, "io.cri-containerd.pinned=pinned"],
+                       capture_output=True, check=True)
 
 
 def _install(state: LabState, kube: KubeLayout, plan: topology.LabPlan,
@@ -202,6 +202,7 @@ def _install(state: LabState, kube: KubeLayout, plan: topology.LabPlan,
           120, "not every kubelet registered its Node", state, kube, f"{names[0]}-kubelet")
     state.observed["ready_before_weft"] = sorted(
         n for n, ready in node_readiness(kube).items() if ready)
+    state.save()
     progress("applying CoreDNS (10.96.0.10)")
     apply(kube, addons.coredns())
     progress(f"installing weft: kubectl apply -f {WEFT_MANIFEST.relative_to(REPO)}")

@@ -50,11 +50,14 @@ CRI_TOOLS = Component("cri-tools", "sigs.k8s.io/cri-tools", "v1.37.0",
 COREDNS = Component("coredns", "github.com/coredns/coredns", "v1.15.0",
                     {"coredns": "github.com/coredns/coredns"})
 
-# The tag manifests/examples/connectivity.yaml (and upstream's e2e of 1.37) uses.
-AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
+# What upstream e2e of 1.37 runs (test/images/agnhost/VERSION), and the tag
+# manifests/examples/connectivity.yaml uses.
+AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+# containerd 2.4's default sandbox image, from build/pause of the same Kubernetes.
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.15.0"
-WEFT_IMAGE = "localhost/weft:dev"
+# manifests/weft.yaml says weft:dev, which containerd reads as docker.io/library/weft:dev.
+WEFT_IMAGE = "docker.io/library/weft:dev"
 
 
 def all_components(version: str) -> list[Component]:

@@ -89,8 +89,8 @@ def api_server_command(kube: KubeLayout, plan: topology.LabPlan) -> list[str]:
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--authorization-mode", "Node,RBAC",
             "--enable-admission-plugins", "NodeRestriction",
-            "--allow-privileged", "true",
-            "--profiling", "false",
+            "--allow-privileged=true",
+            "--profiling=false",
             "--v", "1"]
 
 
@@ -100,15 +100,15 @@ def controller_manager_command(kube: KubeLayout) -> list[str]:
     return [str(kube.bin_dir / "kube-controller-manager"),
             "--kubeconfig", conf, "--authentication-kubeconfig", conf,
             "--authorization-kubeconfig", conf,
-            "--bind-address", "127.0.0.1", "--leader-elect", "false",
-            "--use-service-account-credentials", "true",
+            "--bind-address", "127.0.0.1", "--leader-elect=false",
+            "--use-service-account-credentials=true",
             "--service-account-private-key-file", str(pki / "sa.key"),
             "--root-ca-file", str(pki / "ca.crt"),
             "--cluster-signing-cert-file", str(pki / "ca.crt"),
             "--cluster-signing-key-file", str(pki / "ca.key"),
             "--service-cluster-ip-range", layout.SERVICE_CIDR,
             # weft hands out pod addresses itself: no podCIDR per Node.
-            "--allocate-node-cidrs", "false",
+            "--allocate-node-cidrs=false",
             "--controllers", "*", "--v", "1"]
 
 
@@ -116,7 +116,7 @@ def scheduler_command(kube: KubeLayout) -> list[str]:
     conf = str(kube.state_dir / "scheduler.conf")
     return [str(kube.bin_dir / "kube-scheduler"), "--kubeconfig", conf,
             "--authentication-kubeconfig", conf, "--authorization-kubeconfig", conf,
-            "--bind-address", "127.0.0.1", "--leader-elect", "false", "--v", "1"]
+            "--bind-address", "127.0.0.1", "--leader-elect=false", "--v", "1"]
 
 
 def log(kube: KubeLayout, component: str) -> Path:

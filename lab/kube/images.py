@@ -11,6 +11,7 @@ Each archive is rebuilt only when what goes into it changes (a key beside it).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -158,8 +159,11 @@ def _weft(podman: Podman, images: Path, progress: Progress) -> str:
     tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
                               "--exclude-standard"], cwd=REPO, capture_output=True,
                              check=True).stdout.split(b"\0")
-    files = sorted(f.decode() for f in tracked if f and (REPO / f.decode()).is_file())
-    key = _digest([f.encode() + b"\0" + (REPO / f).read_bytes() for f in files])
+    ignored = _dockerignore(REPO / ".dockerignore")
+    files = sorted(f.decode() for f in tracked if f and (REPO / f.decode()).is_file()
+                   and not ignored(f.decode()))
+    key = _digest([(REPO / "Dockerfile").read_bytes(),
+                   *(f.encode() + b"\0" + (REPO / f).read_bytes() for f in files)])
     archive = images / "weft.tar"
     if _fresh(archive, key):
         return ""
@@ -168,6 +172,21 @@ def _weft(podman: Podman, images: Path, progress: Progress) -> str:
     podman.save(components.WEFT_IMAGE, archive)
     _mark(archive, key)
     return "weft image"
+
+
+def _dockerignore(path: Path) -> Callable[[str], bool]:
+    """Whether the build context leaves a file out (the patterns weft's .dockerignore
+    uses: names and globs, matched against the path and each of its directories)."""
+    patterns = [line.strip().rstrip("/") for line in path.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(name: str) -> bool:
+        parts = name.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return any(fnmatch.fnmatch(prefix, pattern.removeprefix("**/")) or
+                   fnmatch.fnmatch(parts[i], pattern.removeprefix("**/"))
+                   for pattern in patterns for i, prefix in enumerate(prefixes))
+    return ignored
 
 
 def _from_binaries(podman: Podman, images: Path, name: str, tag: str, containerfile: str,

@@ -48,6 +48,9 @@ state = "/run/containerd"
     sandbox = "{components.PAUSE_IMAGE}"
 
 [plugins.'io.containerd.cri.v1.runtime']
+  # Root here lacks CAP_SYS_RESOURCE, so no process may lower its OOM score: kubelet
+  # asks -998 for every sandbox, which runc cannot set. Keep scores at containerd's own.
+  restrict_oom_score_adj = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]

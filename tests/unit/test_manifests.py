@@ -622,3 +622,11 @@ def test_kind_guide_uses_these_files_and_names() -> None:
                     "kubectl apply -f manifests/examples/connectivity.yaml",
                     "kubectl delete -f manifests/weft.yaml"):
         assert command in guide, command
+
+
+def test_connectivity_example_uses_the_agnhost_the_kubernetes_lab_builds() -> None:
+    from weft.lab.kube.components import AGNHOST_IMAGE
+
+    deploy = only("Deployment", "echo", load(MANIFESTS / "examples" / "connectivity.yaml"))
+    images = {c["image"] for c in deploy["spec"]["template"]["spec"]["containers"]}
+    assert images == {AGNHOST_IMAGE}

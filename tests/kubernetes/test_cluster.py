@@ -1,0 +1,243 @@
+"""weft on a real cluster: upstream kube-apiserver, controllers, containerd and kubelets.
+
+One Kubernetes lab (3 nodes over 2 subnets) serves every test here, in one xdist
+worker (`--dist loadgroup`); it is built the way users install weft, with
+`kubectl apply -f manifests/weft.yaml`, and taken down after the last test, also when
+one fails. Tests that change the cluster (deleting pods, restarting an agent,
+removing a node) run last, in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import netaddr
+import pytest
+
+from weft.lab import netns
+from weft.lab.kube import addons, cluster, layout
+from weft.lab.kube import matrix as kube_matrix
+from weft.lab.state import LabState, load
+
+pytestmark = [pytest.mark.kubernetes, pytest.mark.integration,
+              pytest.mark.xdist_group("kubernetes")]
+
+POD_POOL = netaddr.IPNetwork("10.244.0.0/16")
+VETH = re.compile(r"weft[0-9a-f]{11}")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabState]:
+    if not (layout.default_bin_dir() / "kubelet").exists():
+        pytest.skip("the Kubernetes build is missing: run 'weft lab build-kubernetes'")
+    name = f"k{uuid.uuid4().hex[:6]}"
+    up = subprocess.run([sys.executable, "-m", "weft", "lab", "up", "--kubernetes",
+                         "--name", name], capture_output=True, text=True, timeout=1200)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        state = load(name)
+        assert state is not None
+        yield state
+    finally:
+        down = subprocess.run([sys.executable, "-m", "weft", "lab", "down", "--name", name],
+                              capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert_nothing_left(name)
+
+
+def assert_nothing_left(name: str) -> None:
+    """What `down` must remove: namespaces, processes, cgroups, mounts, files."""
+    assert [n for n in netns.listed(name)] == []
+    assert not (layout.DISK_ROOT / name).exists()
+    assert cluster.teardown.node_cgroups(name) == []
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert f"/weft-lab/{name}" not in mounts
+    procs = subprocess.run(["pgrep", "-af", f"weft-lab/{name}|--name {name}"],
+                           capture_output=True, text=True).stdout
+    assert [line for line in procs.splitlines() if "pytest" not in line] == []
+
+
+def kubectl(state: LabState, *args: str, check: bool = True) -> str:
+    return cluster.kubectl(cluster.kube_layout(state), *args,
+                           check=check).stdout.decode()
+
+
+def kubectl_json(state: LabState, *args: str) -> dict:
+    return json.loads(kubectl(state, *args, "-o", "json"))
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def node_holder(state: LabState, node: str) -> int:
+    return state.processes[f"root-{node}"]
+
+
+def host_veths(node: str) -> list[str]:
+    with netns.iproute(node) as ipr:
+        return sorted(n for n in (link.get("ifname") for link in ipr.get_links())
+                      if n and VETH.fullmatch(n))
+
+
+def pod_routes(node: str) -> set[str]:
+    """The /32 routes to local pods the plugin added."""
+    with netns.iproute(node) as ipr:
+        return {r.get("dst") for r in ipr.get_routes(family=2, table=254)
+                if r["dst_len"] == 32 and r.get("dst") in POD_POOL}
+
+
+def allocations(state: LabState, node: str) -> set[str]:
+    """Pod addresses weft-ipam holds on the node (its tunnel address is no pod's)."""
+    blocks = Path(f"/proc/{node_holder(state, node)}/root/var/lib/weft/ipam/blocks")
+    found = set()
+    for path in blocks.glob("*.json"):
+        found |= {a["address"] for a in json.loads(path.read_text())["allocations"]
+                  if a["container_id"]}
+    return found
+
+
+def pods_on(state: LabState, node: str) -> set[str]:
+    """Addresses of the pod-network pods the API server has on a node."""
+    items = kubectl_json(state, "get", "pods", "-A", "--field-selector",
+                         f"spec.nodeName={node}")["items"]
+    return {p["status"]["podIP"] for p in items
+            if not p["spec"].get("hostNetwork") and p["status"].get("podIP")}
+
+
+def assert_node_clean(state: LabState, node: str) -> None:
+    """A veth, a /32 route and an allocation for exactly the pods that exist."""
+    def settled():
+        live = pods_on(state, node)
+        return live if (len(host_veths(node)) == len(live) and pod_routes(node) == live
+                        and allocations(state, node) == live) else None
+    wait_for(settled, 60, f"{node} holding exactly its live pods' veths, routes and "
+             f"addresses (veths {len(host_veths(node))}, routes {sorted(pod_routes(node))}, "
+             f"allocations {sorted(allocations(state, node))}, pods "
+             f"{sorted(pods_on(state, node))})")
+
+
+def test_nodes_were_not_ready_until_weft_ran_and_are_ready_now(lab):
+    assert lab.observed["ready_before_weft"] == [], \
+        "a Node was Ready before weft ran: the runtime saw a network config too early"
+    nodes = kubectl_json(lab, "get", "nodes")["items"]
+    assert len(nodes) == 3
+    for item in nodes:
+        ready = {c["type"]: c["status"] for c in item["status"]["conditions"]}["Ready"]
+        assert ready == "True", item["metadata"]["name"]
+
+
+def test_both_daemonsets_run_on_every_node_and_coredns_runs(lab):
+    for ds in ("weft-node", "weft-proxy"):
+        status = kubectl_json(lab, "-n", "kube-system", "get", "ds", ds)["status"]
+        assert status["desiredNumberScheduled"] == 3
+        assert status["numberReady"] == 3, status
+    coredns = kubectl_json(lab, "-n", "kube-system", "get", "pods", "-l",
+                           "k8s-app=kube-dns")["items"]
+    assert coredns and all(p["status"]["phase"] == "Running" for p in coredns)
+
+
+def test_no_weft_container_logs_a_403_or_a_traceback(lab):
+    pods = kubectl_json(lab, "-n", "kube-system", "get", "pods", "-l",
+                        "app.kubernetes.io/part-of=weft")["items"]
+    assert len(pods) == 6
+    for pod in pods:
+        spec = pod["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            log = kubectl(lab, "-n", "kube-system", "logs", pod["metadata"]["name"],
+                          "-c", container["name"])
+            where = f"{pod['metadata']['name']}/{container['name']}"
+            assert "Traceback" not in log, f"{where}:\n{log[-2000:]}"
+            assert not re.search(r"\b403\b|Forbidden", log), f"{where}:\n{log[-2000:]}"
+
+
+def test_every_pod_reaches_every_pod_node_service_nodeport_and_the_internet(lab):
+    checks = kube_matrix.run(lab)
+    assert {info["node"] for info in lab.pods.values()} == {n.name for n in lab.plan.nodes}
+    assert all(netaddr.IPAddress(info["ip"]) in POD_POOL for info in lab.pods.values())
+    failed = [c for c in checks if not c.passed]
+    assert failed == [], "\n".join(f"{c.source} -> {c.target} {c.kind}: {c.detail}"
+                                   for c in failed)
+    kinds = {c.kind for c in checks}
+    assert kinds == {"tcp", "icmp", "udp", "nat", "nodeport"}
+
+
+def test_deleting_a_pod_through_the_api_leaves_nothing_on_its_node(lab):
+    pod, info = sorted(lab.pods.items())[0]
+    kubectl(lab, "-n", addons.WORKLOAD_NAMESPACE, "delete", "pod", pod, "--wait=true")
+    assert info["ip"] not in pods_on(lab, info["node"])
+    assert_node_clean(lab, info["node"])
+
+
+def test_a_burst_of_30_pods_created_and_deleted_leaves_nothing(lab):
+    name = "burst"
+    cluster.apply(cluster.kube_layout(lab), [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": name, "namespace": addons.WORKLOAD_NAMESPACE},
+         "spec": {"replicas": 30, "selector": {"matchLabels": {"app": name}},
+                  "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                      "terminationGracePeriodSeconds": 0,
+                      "containers": [{"name": "pause", "image": addons.components.AGNHOST_IMAGE,
+                                      "args": ["pause"]}]}}}}])
+    kubectl(lab, "-n", addons.WORKLOAD_NAMESPACE, "rollout", "status", f"deploy/{name}",
+            "--timeout=300s")
+    ips = {p["status"]["podIP"] for p in kubectl_json(
+        lab, "-n", addons.WORKLOAD_NAMESPACE, "get", "pods", "-l", f"app={name}")["items"]}
+    assert len(ips) == 30 and all(netaddr.IPAddress(ip) in POD_POOL for ip in ips)
+    kubectl(lab, "-n", addons.WORKLOAD_NAMESPACE, "delete", "deploy", name, "--wait=true")
+    wait_for(lambda: not kubectl_json(lab, "-n", addons.WORKLOAD_NAMESPACE, "get", "pods",
+                                      "-l", f"app={name}")["items"], 120,
+             "the burst's pods gone")
+    for plan_node in lab.plan.nodes:
+        assert_node_clean(lab, plan_node.name)
+
+
+def test_restarting_the_agent_keeps_every_pod_connected(lab):
+    node = lab.plan.nodes[2].name  # across subnets from the others: VXLAN
+    old = kubectl_json(lab, "-n", "kube-system", "get", "pods", "-l",
+                       "app.kubernetes.io/name=weft-node", "--field-selector",
+                       f"spec.nodeName={node}")["items"][0]["metadata"]["name"]
+    cluster.record_pods(lab, cluster.kube_layout(lab))
+    source = next(p for p, i in lab.pods.items() if i["node"] != node)
+    target = next(i["ip"] for i in lab.pods.values() if i["node"] == node)
+    # 150 requests, 0.1 s apart, from a pod elsewhere to a pod on that node, while its
+    # weft-node pod is deleted and the DaemonSet starts another.
+    probe = subprocess.Popen([*cluster.kubectl_prefix(cluster.kube_layout(lab)), "-n",
+                              addons.WORKLOAD_NAMESPACE, "exec", source, "--", "bash", "-c",
+                              f"for i in $(seq 150); do curl -s -m 1 -o /dev/null -w "
+                              f"'%{{http_code}}\\n' http://{target}:{addons.HTTP_PORT}/hostname;"
+                              f" sleep 0.1; done"], stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    kubectl(lab, "-n", "kube-system", "delete", "pod", old, "--wait=false")
+    out, _ = probe.communicate(timeout=300)
+    kubectl(lab, "-n", "kube-system", "rollout", "status", "ds/weft-node", "--timeout=180s")
+    codes = out.split()
+    assert len(codes) == 150 and set(codes) == {"200"}, \
+        f"{codes.count('200')} of {len(codes)} requests answered during the restart"
+    assert kube_matrix.run(lab) and all(c.passed for c in kube_matrix.run(lab))
+
+
+def test_a_deleted_nodes_blocks_are_removed_by_the_garbage_collector(lab):
+    node = lab.plan.nodes[2].name
+    blocks = [b["metadata"]["name"] for b in kubectl_json(lab, "get", "ipamblocks")["items"]
+              if b["spec"]["node"] == node]
+    assert blocks
+    remove = subprocess.run([sys.executable, "-m", "weft", "lab", "remove-node", "--name",
+                             lab.name, node], capture_output=True, text=True, timeout=300)
+    assert remove.returncode == 0, remove.stdout + remove.stderr
+    wait_for(lambda: not any(b["spec"]["node"] == node for b in kubectl_json(
+        lab, "get", "ipamblocks")["items"]), 120, f"{node}'s IPAMBlocks deleted by the GC")
