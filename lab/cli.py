@@ -166,7 +166,7 @@ def _test(args: argparse.Namespace) -> int:
     if state.runtime == cluster.RUNTIME:
         print(f"testing Kubernetes lab {args.name!r}: {len(state.pods)} pods")
         checks = kube_matrix.run(state)
-        sys.stdout.write(matrix.report(state, checks))
+        sys.stdout.write(matrix.report(state, checks, kube_matrix.LEGEND))
         return 0 if all(c.passed for c in checks) else 1
     print(f"testing lab {args.name!r}: {len(state.pods)} pods, {args.name} internet at "
           f"{topology.INTERNET_ADDRESS}")

@@ -52,8 +52,9 @@ def run(state: LabState, workers: int = 8) -> list[Check]:
         return list(pool.map(lambda job: job(), jobs))
 
 
-def report(state: LabState, checks: list[Check]) -> str:
-    """The matrix (one row per source), failures spelled out, and a summary line."""
+def report(state: LabState, checks: list[Check], legend: str = "") -> str:
+    """The matrix (one row per source), what its targets are, failures spelled out,
+    and a summary line."""
     nodes = [n.name for n in state.nodes_present]
     targets = [*state.pods, *nodes, SVC_TCP, SVC_UDP, INTERNET]
     short = {name: name.removeprefix(f"{state.name}-") for name in [*state.pods, *nodes]}
@@ -69,9 +70,10 @@ def report(state: LabState, checks: list[Check]) -> str:
                        "FAIL " + ",".join(c.kind for c in pair if not c.passed))
         rows.append(row)
     text = render(["from \\ to", *(short.get(t, t) for t in targets)], rows, upper=False)
-    text += (f"\n{SVC_TCP}/{SVC_UDP}: the echo Service's cluster IP {services.CLUSTER_IP} "
-             f"(TCP {services.TCP_PORT}, UDP {services.UDP_PORT}); internet -> node: "
-             f"NodePort {services.NODE_PORT}\n")
+    text += "\n" + (legend or (
+        f"{SVC_TCP}/{SVC_UDP}: the echo Service's cluster IP {services.CLUSTER_IP} "
+        f"(TCP {services.TCP_PORT}, UDP {services.UDP_PORT}); internet -> node: "
+        f"NodePort {services.NODE_PORT}")) + "\n"
     failures = [c for c in checks if not c.passed]
     if failures:
         text += "\nfailures:\n" + "".join(

@@ -43,6 +43,11 @@ def probe_script(pods: dict[str, str], nodes: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LEGEND = (f"{SVC_TCP}/{SVC_UDP}: the echo Service by its name, {SERVICE} (TCP "
+          f"{addons.SERVICE_HTTP_PORT}, UDP {addons.SERVICE_UDP_PORT}); internet -> node: "
+          f"NodePort {addons.NODE_PORT}")
+
+
 def run(state: LabState, workers: int = 8) -> list[Check]:
     kube = cluster.kube_layout(state)
     cluster.record_pods(state, kube)

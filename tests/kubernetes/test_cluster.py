@@ -22,7 +22,7 @@ import netaddr
 import pytest
 
 from weft.lab import netns
-from weft.lab.kube import addons, cluster, layout
+from weft.lab.kube import addons, cluster, components, layout, teardown
 from weft.lab.kube import matrix as kube_matrix
 from weft.lab.state import LabState, load
 
@@ -56,7 +56,7 @@ def assert_nothing_left(name: str) -> None:
     """What `down` must remove: namespaces, processes, cgroups, mounts, files."""
     assert [n for n in netns.listed(name)] == []
     assert not (layout.DISK_ROOT / name).exists()
-    assert cluster.teardown.node_cgroups(name) == []
+    assert teardown.node_cgroups(name) == []
     mounts = Path("/proc/self/mountinfo").read_text()
     assert f"/weft-lab/{name}" not in mounts
     procs = subprocess.run(["pgrep", "-af", f"weft-lab/{name}|--name {name}"],
@@ -191,7 +191,7 @@ def test_a_burst_of_30_pods_created_and_deleted_leaves_nothing(lab):
          "spec": {"replicas": 30, "selector": {"matchLabels": {"app": name}},
                   "template": {"metadata": {"labels": {"app": name}}, "spec": {
                       "terminationGracePeriodSeconds": 0,
-                      "containers": [{"name": "pause", "image": addons.components.AGNHOST_IMAGE,
+                      "containers": [{"name": "pause", "image": components.AGNHOST_IMAGE,
                                       "args": ["pause"]}]}}}}])
     kubectl(lab, "-n", addons.WORKLOAD_NAMESPACE, "rollout", "status", f"deploy/{name}",
             "--timeout=300s")
