@@ -278,8 +278,7 @@ class NodeAgent:
         """Release addresses whose pod is gone from both the API and this node."""
         pods = {((p.get("metadata") or {}).get("namespace", ""),
                  (p.get("metadata") or {}).get("name", ""))
-                for p in self.store.list("Pod")
-                if (p.get("spec") or {}).get("nodeName") == self.config.node_name}
+                for p in self.store.list("Pod", node=self.config.node_name)}
         links = {link.get("ifname") for link in self.ipr.get_links()}
         allocations = [a for b in self.ipam.blocks() for a in b.allocations.values()]
         gone = {a.address for a in leaks.leaked(allocations, pods, links)}

@@ -52,7 +52,7 @@ class MemoryStore:
                 "endpoints": [{"addresses": [f"10.{244 + generation}.{i // 200}.{e + 1 + i % 200}"],
                                "conditions": {"ready": True}} for e in range(ENDPOINTS)]}
 
-    def list(self, kind: str, namespace: str = "") -> list[dict]:
+    def list(self, kind: str, namespace: str = "", node: str = "") -> list[dict]:
         return self.objects[kind]
 
 

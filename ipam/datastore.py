@@ -58,8 +58,10 @@ class Datastore(Protocol):
     def get(self, kind: str, name: str, namespace: str = "") -> Object | None:
         """The object, or None when it does not exist."""
 
-    def list(self, kind: str, namespace: str = "") -> list[Object]:
-        """All objects of a kind (in one namespace, or all namespaces when empty)."""
+    def list(self, kind: str, namespace: str = "", node: str = "") -> list[Object]:
+        """All objects of a kind (in one namespace, or all namespaces when empty); with
+        `node`, only those whose spec.nodeName it is (an agent asks for its own pods:
+        on a big cluster a list of every pod is what the API server can least afford)."""
 
     def create(self, obj: Object) -> Object:
         """Create exclusively; raise AlreadyExists when the name is taken."""

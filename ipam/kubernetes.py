@@ -94,10 +94,10 @@ class KubernetesStore:
         except _TRANSPORT_ERRORS as err:
             raise _failure("get", kind, name, namespace, err) from err
 
-    def list(self, kind: str, namespace: str = "") -> list[Object]:
+    def list(self, kind: str, namespace: str = "", node: str = "") -> list[Object]:
         resource = self._resources[kind]
         try:
-            items, _ = resource.list_all(namespace)
+            items, _ = resource.list_all(namespace, f"spec.nodeName={node}" if node else "")
         except (ApiException, *_TRANSPORT_ERRORS) as err:
             where = f"in namespace {namespace}" if namespace else "in all namespaces"
             raise DatastoreError(f"failed to list {kind} {where}: {_cause(err)}") from err
@@ -292,12 +292,14 @@ class _Resource:
         finally:
             response.release_conn()
 
-    def list_all(self, namespace: str) -> tuple[list[Object], str]:
+    def list_all(self, namespace: str, field_selector: str = "") -> tuple[list[Object], str]:
         """Every object (page by page) and the list's resourceVersion, to watch from."""
         items: list[Object] = []
         token = ""
         while True:
             extra: dict[str, Any] = {"limit": LIST_PAGE}
+            if field_selector:
+                extra["field_selector"] = field_selector
             if token:
                 extra["_continue"] = token
             page = self.call("list", namespace=namespace, **extra)

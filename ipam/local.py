@@ -44,7 +44,7 @@ class LocalStore:
     def get(self, kind: str, name: str, namespace: str = "") -> Object | None:
         return self._read(self._path(KINDS[kind], name, namespace))
 
-    def list(self, kind: str, namespace: str = "") -> list[Object]:
+    def list(self, kind: str, namespace: str = "", node: str = "") -> list[Object]:
         spec = KINDS[kind]
         base = self.root / spec.plural
         if spec.namespaced:
@@ -52,7 +52,8 @@ class LocalStore:
         else:
             pattern = "*.yaml"
         objects = (self._read(path) for path in sorted(base.glob(pattern)))
-        return [obj for obj in objects if obj is not None]
+        return [obj for obj in objects if obj is not None
+                and (not node or (obj.get("spec") or {}).get("nodeName") == node)]
 
     def create(self, obj: Object) -> Object:
         path, stored = self._prepare(obj)

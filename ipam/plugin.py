@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import netaddr
@@ -45,11 +45,27 @@ def ipam_for(conf: NetConf) -> IPAM:
         # rewrites it with a fresh token; a process that outlives one (the agent and its
         # CNI workers) opens the new file, so the version is part of the cache key.
         location = setting(conf, "kubeconfig", DEFAULT_KUBECONFIG)
-        store = datastore(kind, location, _file_version(location))
+        store = OpenedOnUse(lambda: datastore(kind, location, _file_version(location)))
     else:
-        store = datastore(kind, setting(conf, "datastorePath", conf.datastore_path))
+        path = setting(conf, "datastorePath", conf.datastore_path)
+        store = OpenedOnUse(lambda: datastore(kind, path))
     return IPAM(store, setting(conf, "stateDir", conf.state_dir),
                 setting(conf, "nodeName", conf.node_name), inline_pools(conf.ipam))
+
+
+class OpenedOnUse:
+    """A datastore opened when it is first used. DEL and GC release addresses from the
+    node's own state alone, so they must succeed with the API server away or the
+    kubeconfig gone (kubelet retries a failing DEL forever; the pod stays Terminating)."""
+
+    def __init__(self, opener: Callable[[], Datastore]) -> None:
+        self._opener = opener
+        self._store: Datastore | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._store is None:
+            self._store = self._opener()
+        return getattr(self._store, name)
 
 
 def _file_version(path: str) -> int:

@@ -37,7 +37,8 @@ class ApiServer(kmock.KubernetesEmulator):
       PUT at all: it answers 500, and its PATCH merges); `conflicts` makes the next PUTs
       fail with 409 as if another writer had come first;
     - a create that carries a resourceVersion is refused, as the real storage does;
-    - a list carries the current resourceVersion (kmock's says "...");
+    - a list carries the current resourceVersion (kmock's says "..."), and honours the
+      field selector `spec.nodeName=` (the only one weft uses);
     - watches can be broken on purpose: `break_watches` ends the open streams, and
       answers the next watch with the in-stream 410 Expired a real server sends.
     It still does not garbage-collect dependents, nor honour a watch's resourceVersion
@@ -107,6 +108,11 @@ class ApiServer(kmock.KubernetesEmulator):
         self.lists += 1
         payload = await super()._serve_list(request)
         payload["metadata"] = {"resourceVersion": str(self.version)}
+        selector = request.params.get("fieldSelector", "")
+        if selector.startswith("spec.nodeName="):
+            node = selector.removeprefix("spec.nodeName=")
+            payload["items"] = [item for item in payload.get("items") or []
+                                if (item.get("spec") or {}).get("nodeName") == node]
         return payload
 
     async def _serve_watch(self, request: kmock.Request) -> Any:

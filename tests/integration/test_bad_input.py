@@ -126,3 +126,19 @@ def test_add_failing_halfway_leaves_nothing_behind(node):
     assert snapshot(node, pod) == before
     assert [a["handle"] for a in node.allocations()] == ["ctr-running/eth0"]
     assert node.links() == [host_ifname("ctr-running", "eth0")]
+
+
+def test_del_succeeds_with_the_kubeconfig_gone(node):
+    """Releasing is local: a DEL must not need the API server's credentials, or kubelet
+    retries it forever and the pod never leaves Terminating."""
+    pod = node.new_pod()
+    runtime = node.runtime()
+    runtime.add("ctr-gone", netns.path(pod))
+    assert [a["handle"] for a in node.allocations()] == ["ctr-gone/eth0"]
+    conf = {**node.netconf(), "datastore": "kubernetes",
+            "kubeconfig": str(node.root / "no-such-kubeconfig")}
+
+    code, answer = node.invoke("DEL", conf, "ctr-gone", pod)
+
+    assert (code, answer) == (0, None)
+    assert node.allocations() == [] and node.links() == []

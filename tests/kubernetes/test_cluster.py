@@ -141,6 +141,13 @@ def test_nodes_were_not_ready_until_weft_ran_and_are_ready_now(lab):
         assert ready == "True", item["metadata"]["name"]
 
 
+def test_each_agent_takes_the_node_ip_kubelet_registered(lab):
+    for item in kubectl_json(lab, "get", "nodes")["items"]:
+        internal = next(a["address"] for a in item["status"]["addresses"]
+                        if a["type"] == "InternalIP")
+        assert item["metadata"]["annotations"]["weft.dev/node-ip"] == internal
+
+
 def test_both_daemonsets_run_on_every_node_and_coredns_runs(lab):
     for ds in ("weft-node", "weft-proxy"):
         status = kubectl_json(lab, "-n", "kube-system", "get", "ds", ds)["status"]

@@ -127,7 +127,7 @@ class CountingStore(LocalStore):
         super().__init__(root)
         self.reads, self.away = 0, False
 
-    def list(self, kind, namespace=""):
+    def list(self, kind, namespace="", node=""):
         self.reads += 1
         if self.away:
             raise DatastoreError("connection refused")

@@ -152,6 +152,24 @@ def test_list_filters_by_namespace_and_lists_all_when_empty(backend: Backend) ->
     assert store.list("EndpointSlice") == []
 
 
+def test_list_by_node_gives_only_that_nodes_pods(backend: Backend) -> None:
+    store = backend.store
+    for name, node_name in (("a", "n1"), ("b", "n2"), ("c", "n1"), ("d", "")):
+        store.create({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": name, "namespace": "default"},
+                      "spec": {"containers": [{"name": "c", "image": "pause"}],
+                               **({"nodeName": node_name} if node_name else {})}})
+    assert sorted(p["metadata"]["name"] for p in store.list("Pod", node="n1")) == ["a", "c"]
+    assert [p["metadata"]["name"] for p in store.list("Pod", node="n2")] == ["b"]
+    assert len(store.list("Pod")) == 4
+    if backend.emulator is not None:
+        # The API server filters: an agent never lists every pod of the cluster.
+        queries = [q for _token, method, path, q in backend.api.calls
+                   if method == "GET" and path.endswith("/pods")]
+        assert {q.get("fieldSelector") for q in queries} == {
+            "spec.nodeName=n1", "spec.nodeName=n2", None}
+
+
 def test_delete_returns_true_then_false(backend: Backend) -> None:
     store = backend.store
     store.create(node("n1"))
@@ -240,7 +258,7 @@ class LaggingBlocks:
     def __init__(self, store: Datastore) -> None:
         self.store = store
 
-    def list(self, kind: str, namespace: str = "") -> list[Object]:
+    def list(self, kind: str, namespace: str = "", node: str = "") -> list[Object]:
         return [] if kind == "IPAMBlock" else self.store.list(kind, namespace)
 
     def __getattr__(self, name: str) -> Any:

@@ -496,7 +496,7 @@ def test_agent_is_privileged_and_the_proxy_has_only_its_capabilities() -> None:
 
 @pytest.fixture
 def container_env(monkeypatch: pytest.MonkeyPatch):
-    def apply(c: dict[str, Any], node: str = "node-a") -> None:
+    def apply(c: dict[str, Any], node: str = "node-a", host_ip: str = "192.0.2.7") -> None:
         for key in list(os.environ):
             if key.startswith(("WEFT_", "KUBERNETES_")):
                 monkeypatch.delenv(key)
@@ -506,6 +506,8 @@ def container_env(monkeypatch: pytest.MonkeyPatch):
         for var in c.get("env", []):
             if var.get("valueFrom") == {"fieldRef": {"fieldPath": "spec.nodeName"}}:
                 monkeypatch.setenv(var["name"], node)
+            elif var.get("valueFrom") == {"fieldRef": {"fieldPath": "status.hostIP"}}:
+                monkeypatch.setenv(var["name"], host_ip)
             else:
                 monkeypatch.setenv(var["name"], var["value"])
 
@@ -535,6 +537,8 @@ def test_agent_command_and_environment(container_env) -> None:
     config = AgentConfig.from_args(args)
     assert args.command == "agent" and args.action == "run"
     assert config.node_name == "node-a"
+    # The node IP kubelet registered (its InternalIP), not a guess from the default route.
+    assert config.node_ip == "192.0.2.7"
     assert config.datastore == "kubernetes"
     assert config.kubeconfig == "", "in-cluster: the pod's service account"
     assert config.default_pool == DEFAULT_POOL["cidr"]
