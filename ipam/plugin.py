@@ -62,10 +62,13 @@ class OpenedOnUse:
         self._opener = opener
         self._store: Datastore | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def opened(self) -> Datastore:
         if self._store is None:
             self._store = self._opener()
-        return getattr(self._store, name)
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.opened(), name)
 
 
 def _file_version(path: str) -> int:

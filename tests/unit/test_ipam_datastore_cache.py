@@ -30,7 +30,8 @@ def test_a_rewritten_kubeconfig_is_picked_up_and_an_unchanged_one_reused(tmp_pat
         "kubeconfig": str(path), "stateDir": str(tmp_path / "state"), "nodeName": "n1"}
     ).encode())
     assert token_of(conf) == "Bearer first"
-    assert ipam_for(conf).store is ipam_for(conf).store  # kept open: the warm path
+    # kept open: the warm path
+    assert ipam_for(conf).store.opened() is ipam_for(conf).store.opened()
 
     kubeconfig(path, "second")  # as the agent does every 10 minutes
     stat = path.stat()
