@@ -178,11 +178,43 @@ class NodeAgent:
             except Exception as err:  # reported, retried on the next pass
                 errors.append(f"failed to apply NAT rules: {err}")
         own = self.ipam.blocks()
+        errors += self._reassert_claims(blocks, own)
         if full:  # not on every change: the write is one, and would wake the next pass
             errors += self._publish_block_usage(blocks, own)
         for error in errors:
             log.error("%s", error)
         self._record(want, own, errors, time.monotonic() - started)
+        return errors
+
+    def _reassert_claims(self, blocks: list[dict], own: list[Block]) -> list[str]:
+        """Blocks this node allocates from must stay claimed in the datastore: when its
+        Node is deleted and registered again, the garbage collector deletes them, and
+        another node could claim one and hand out the same addresses. Claim them again
+        at once; one another node took meanwhile is an error naming its pods."""
+        owners = {(b.get("spec") or {}).get("cidr"): (b.get("spec") or {}).get("node")
+                  for b in blocks}
+        errors = []
+        for block in own:
+            if owners.get(block.cidr) == self.local.name:
+                continue
+            try:
+                if owners.get(block.cidr) is None and self.ipam.reclaim(block):
+                    log.warning("claimed block %s again: its IPAMBlock was gone (was Node %s "
+                                "deleted and registered again?)", block.cidr, self.local.name)
+                    continue
+                current = self.store.get("IPAMBlock", block.name) or {}
+            except (CNIError, DatastoreError) as err:
+                errors.append(f"failed to claim block {block.cidr} again: {err}")
+                continue
+            owner = (current.get("spec") or {}).get("node")
+            if owner == self.local.name:
+                continue  # claimed after the list this pass read
+            pods = sorted(f"{a.namespace}/{a.pod}" for a in block.allocations.values()
+                          if a.is_pod)
+            errors.append(f"block {block.cidr} of this node is claimed by node "
+                          f"{owner or 'another node'}: addresses of "
+                          f"{', '.join(pods) or 'no pod'} may be handed out twice; "
+                          "delete those pods")
         return errors
 
     def _publish_block_usage(self, blocks: list[dict], own: list[Block]) -> list[str]:

@@ -21,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
+import netaddr
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine
@@ -30,6 +32,7 @@ from weft.lab.state import LabState, load
 
 REFERENCE_CONFLIST = "00-bench-ptp.conflist"
 REFERENCE_RANGE = "10.250.0.0/24"  # outside weft's pool: these pods are only probed locally
+POD_POOL = "10.244.0.0/16"
 
 
 def reference_conflist() -> dict:
@@ -55,7 +58,9 @@ def deployment(name: str, node: str, replicas: int) -> dict:
                                                 "periodSeconds": 1}}]}}}}
 
 
-def time_to_ready(state: LabState, node: str, replicas: int) -> float:
+def time_to_ready(state: LabState, node: str, replicas: int, pod_range: str) -> float:
+    """Seconds from creating the Deployment to all its pods Ready; its pods' addresses
+    must come from `pod_range`, so the round measured the CNI it says it did."""
     kube = cluster.kube_layout(state)
     name = f"bench-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
@@ -65,6 +70,12 @@ def time_to_ready(state: LabState, node: str, replicas: int) -> float:
                                       "deploy", name).get("status", {})
         if status.get("readyReplicas", 0) == replicas:
             elapsed = time.monotonic() - started
+            pods = cluster.kubectl_json(kube, "-n", addons.WORKLOAD_NAMESPACE, "get", "pods",
+                                        "-l", f"app={name}")["items"]
+            wrong = [p["status"].get("podIP") for p in pods
+                     if netaddr.IPAddress(p["status"]["podIP"]) not in netaddr.IPNetwork(pod_range)]
+            if wrong:
+                raise SystemExit(f"{name}: pods got {wrong}, outside {pod_range}")
             break
         if time.monotonic() - started > 300:
             raise SystemExit(f"{name}: {status.get('readyReplicas', 0)} of {replicas} "
@@ -108,7 +119,8 @@ def main() -> int:
             for plugin in times:
                 set_reference(state, node, plugin != "weft")
                 try:
-                    times[plugin].append(time_to_ready(state, node, args.pods))
+                    pod_range = POD_POOL if plugin == "weft" else REFERENCE_RANGE
+                    times[plugin].append(time_to_ready(state, node, args.pods, pod_range))
                 finally:
                     set_reference(state, node, False)
                 print(f"round {round_ + 1}: {plugin}: {times[plugin][-1]:.2f} s", flush=True)

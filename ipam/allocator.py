@@ -254,7 +254,7 @@ class IPAM:
                 if owner is not None or claimed & netaddr.IPSet([cidr]):
                     continue
                 try:
-                    self.store.create(self._block_object(cidr, pool))
+                    self.store.create(self._block_object(str(cidr), pool.name))
                 except AlreadyExists:
                     continue
                 except DatastoreError as err:
@@ -269,7 +269,20 @@ class IPAM:
             "or free addresses",
         )
 
-    def _block_object(self, cidr: netaddr.IPNetwork, pool: Pool) -> Object:
+    def reclaim(self, block: Block) -> bool:
+        """Claim again a block this node holds but the datastore lost (its IPAMBlock
+        went with a deleted Node, which kubelet then registered anew): False when
+        another node has claimed it since."""
+        try:
+            self.store.create(self._block_object(block.cidr, block.pool))
+        except AlreadyExists:
+            return False
+        except DatastoreError as err:
+            raise CNIError(DATASTORE, f"failed to claim block {block.cidr} again",
+                           str(err)) from err
+        return True
+
+    def _block_object(self, cidr: str, pool: str) -> Object:
         meta: dict[str, Any] = {"name": block_name(cidr)}
         node = self.store.get("Node", self.node)
         if node is not None:
@@ -278,7 +291,7 @@ class IPAM:
                 "uid": node["metadata"].get("uid", ""),
             }]
         return {"apiVersion": "weft.dev/v1", "kind": "IPAMBlock", "metadata": meta,
-                "spec": {"cidr": str(cidr), "pool": pool.name, "node": self.node}}
+                "spec": {"cidr": cidr, "pool": pool, "node": self.node}}
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

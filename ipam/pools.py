@@ -109,7 +109,7 @@ def parse_pool(spec: Mapping[str, Any], name: str = "") -> Pool:
     )
 
 
-def block_name(cidr: netaddr.IPNetwork) -> str:
+def block_name(cidr: netaddr.IPNetwork | str) -> str:
     """An object name from a CIDR: 10.244.3.64/26 -> 10-244-3-64-26."""
     return str(cidr).replace(".", "-").replace(":", "-").replace("/", "-")
 

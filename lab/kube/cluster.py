@@ -170,10 +170,14 @@ def _start_nodes(state: LabState, kube: KubeLayout, plan: topology.LabPlan,
                                                archives), plan.nodes))
     for plan_node in plan.nodes:
         progress(f"{plan_node.name}: starting kubelet")
-        state.processes[f"kubelet-{plan_node.name}"] = build.spawn(
-            [*node.enter(state.processes[f"root-{plan_node.name}"]),
-             *node.kubelet_command(kube, plan_node)],
-            kube.log_dir / f"{plan_node.name}-kubelet.log", env=node.environment(kube))
+        start_kubelet(state, kube, plan_node)
+
+
+def start_kubelet(state: LabState, kube: KubeLayout, plan_node: topology.NodePlan) -> None:
+    state.processes[f"kubelet-{plan_node.name}"] = build.spawn(
+        [*node.enter(state.processes[f"root-{plan_node.name}"]),
+         *node.kubelet_command(kube, plan_node)],
+        kube.log_dir / f"{plan_node.name}-kubelet.log", env=node.environment(kube))
     state.save()
 
 

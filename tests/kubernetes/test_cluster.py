@@ -21,7 +21,7 @@ from pathlib import Path
 import netaddr
 import pytest
 
-from weft.lab import netns
+from weft.lab import netns, processes
 from weft.lab.kube import addons, cluster, components, layout, teardown
 from weft.lab.kube import matrix as kube_matrix
 from weft.lab.state import LabState, load
@@ -236,6 +236,36 @@ def test_restarting_the_agent_keeps_every_pod_connected(lab):
     assert len(codes) == 150 and set(codes) == {"200"}, \
         f"{codes.count('200')} of {len(codes)} requests answered during the restart"
     assert kube_matrix.run(lab) and all(c.passed for c in kube_matrix.run(lab))
+
+
+def test_a_node_deleted_and_registered_again_claims_its_blocks_again(lab):
+    """The garbage collector deletes a deleted Node's IPAMBlocks; when its kubelet
+    registers it again, its agent (which still allocates from them) claims them back,
+    owned by the new Node, before another node can take them."""
+    plan_node = lab.plan.nodes[1]
+    def blocks_of(node: str) -> dict[str, list[str]]:
+        return {b["spec"]["cidr"]: [o["uid"] for o in b["metadata"].get("ownerReferences", [])]
+                for b in kubectl_json(lab, "get", "ipamblocks")["items"]
+                if b["spec"]["node"] == node}
+    before = blocks_of(plan_node.name)
+    old_uid = kubectl_json(lab, "get", "node", plan_node.name)["metadata"]["uid"]
+    processes.stop({lab.processes[f"kubelet-{plan_node.name}"]})
+    kubectl(lab, "delete", "node", plan_node.name, "--wait=true")
+    wait_for(lambda: not blocks_of(plan_node.name), 60, "the GC deleting the blocks")
+    cluster.start_kubelet(lab, cluster.kube_layout(lab), plan_node)
+    new_uid = wait_for(lambda: kubectl_json(lab, "get", "nodes")["items"] and next(
+        (n["metadata"]["uid"] for n in kubectl_json(lab, "get", "nodes")["items"]
+         if n["metadata"]["name"] == plan_node.name), None), 60, "the Node registered again")
+    assert new_uid != old_uid
+    wait_for(lambda: blocks_of(plan_node.name) == {c: [new_uid] for c in before}, 120,
+             f"{plan_node.name} claiming {sorted(before)} again, owned by the new Node")
+    kubectl(lab, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=180s")
+    kubectl(lab, "-n", "kube-system", "rollout", "status", "ds/weft-node", "--timeout=180s")
+    kubectl(lab, "-n", addons.WORKLOAD_NAMESPACE, "rollout", "status", "deploy/echo",
+            "--timeout=180s")
+    failed = [c for c in kube_matrix.run(lab) if not c.passed]
+    assert failed == [], "\n".join(f"{c.source} -> {c.target} {c.kind}: {c.detail}"
+                                   for c in failed)
 
 
 def test_a_deleted_nodes_blocks_are_removed_by_the_garbage_collector(lab):
