@@ -118,6 +118,10 @@ def parse_netconf(stdin: bytes, env: Mapping[str, str] | None = None) -> NetConf
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535:
         raise _invalid("mtu", f"is {mtu!r}; use a whole number from 576 to 65535")
     state_dir = _optional_str(raw, "stateDir", DEFAULT_STATE_DIR)
+    # weft-ipam under another plugin takes its stateDir from the ipam section (which
+    # wins, as for every IPAM setting); the log goes where the state goes.
+    ipam_state = ipam.get("stateDir")
+    log_dir = ipam_state if isinstance(ipam_state, str) and ipam_state else state_dir
     prev = raw.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
         raise _invalid("prevResult", "must be a result object")
@@ -131,7 +135,7 @@ def parse_netconf(stdin: bytes, env: Mapping[str, str] | None = None) -> NetConf
         state_dir=state_dir,
         node_name=_optional_str(raw, "nodeName", "") or socket.gethostname(),
         socket=_optional_str(raw, "socket", DEFAULT_SOCKET),
-        log_file=_optional_str(raw, "logFile", os.path.join(state_dir, "cni.log")),
+        log_file=_optional_str(raw, "logFile", os.path.join(log_dir, "cni.log")),
         ipam=ipam,
         prev_result=prev,
         raw=raw,

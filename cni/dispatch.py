@@ -36,14 +36,20 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler]) -
         _log_to(conf.log_file)
         return 0, handlers[args.command](conf, args)
     except CNIError as err:
-        log.warning("%s %s failed: %s", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", ""),
-                    err)
+        log.warning("%s failed: %s", _what(env), err)
         return 1, err.to_json(version)
     except Exception as err:  # the last line of defence: a clean error, never a traceback
-        log.exception("%s failed unexpectedly", env.get("CNI_COMMAND"))
+        log.exception("%s failed unexpectedly", _what(env))
         wrapped = CNIError(INTERNAL, "weft failed unexpectedly",
                            f"{type(err).__name__}: {err}; see the weft log for details")
         return 1, wrapped.to_json(version)
+
+
+def _what(env: Mapping[str, str]) -> str:
+    """The request as the log names it, from what was given: 'ADD of <container>'."""
+    command = env.get("CNI_COMMAND") or "a request"
+    container = env.get("CNI_CONTAINERID")
+    return f"{command} of {container}" if container else command
 
 
 def version_answer(stdin: bytes) -> bytes:

@@ -151,6 +151,13 @@ class IPAM:
         with self._lock():
             return sorted(self._load_locked().values(), key=lambda b: netaddr.IPNetwork(b.cidr))
 
+    def read_blocks(self) -> list[Block]:
+        """The blocks as they are on disk, creating nothing and taking no lock (every
+        write is an atomic rename): for commands that only look."""
+        if not (self.dir / "blocks").is_dir():
+            return []
+        return sorted(_read_blocks(self.dir).values(), key=lambda b: netaddr.IPNetwork(b.cidr))
+
     def gc(self, keep: Callable[[Allocation], bool]) -> list[Allocation]:
         """Release every pod allocation `keep` rejects; node addresses are never touched."""
         with self._lock():
@@ -304,13 +311,7 @@ class IPAM:
             os.close(fd)
 
     def _load_locked(self) -> dict[str, Block]:
-        blocks = {}
-        for path in (self.dir / "blocks").glob("*.json"):
-            raw = json.loads(path.read_text())
-            allocs = {a["address"]: Allocation(**a) for a in raw.pop("allocations", [])}
-            block = Block(allocations=allocs, **raw)
-            blocks[block.name] = block
-        return blocks
+        return _read_blocks(self.dir)
 
     def _save_locked(self, blocks: dict[str, Block], names: set[str]) -> None:
         for name in names:
@@ -320,6 +321,16 @@ class IPAM:
             # Compact: json's C encoder does not indent, and this runs on every ADD.
             write_atomically(self.dir / "blocks" / f"{name}.json",
                              json.dumps(body, separators=(",", ":")).encode(), 0o600)
+
+
+def _read_blocks(directory: Path) -> dict[str, Block]:
+    blocks = {}
+    for path in (directory / "blocks").glob("*.json"):
+        raw = json.loads(path.read_text())
+        allocs = {a["address"]: Allocation(**a) for a in raw.pop("allocations", [])}
+        block = Block(allocations=allocs, **raw)
+        blocks[block.name] = block
+    return blocks
 
 
 def _by_handle(blocks: dict[str, Block], handle: str) -> list[Allocation]:

@@ -1,20 +1,23 @@
-"""`weft ipam show`: pools, blocks and this node's allocations as tables."""
+"""`weft ipam show`: pools, blocks and nodes' allocations as tables. It only reads."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import netaddr
 
-from weft.ipam.allocator import IPAM
+from weft.ipam.allocator import Block
+from weft.ipam.datastore import Datastore
 from weft.ipam.pools import pools_from_objects
 from weft.table import render
 
 
-def show(ipam: IPAM) -> str:
-    store = ipam.store
+def show(store: Datastore, nodes: Mapping[str, list[Block]]) -> str:
+    """Pools and blocks from the datastore; each node's allocations from its own state."""
     pools, problems = pools_from_objects(store.list("IPPool"))
     pool_rows = [(p.name, p.cidr, f"/{p.block_size}", p.vxlan_mode,
                   str(p.nat_outgoing).lower(), str(p.disabled).lower()) for p in pools]
-    own = {b.cidr: b for b in ipam.blocks()}
+    own = {b.cidr: b for blocks in nodes.values() for b in blocks}
     block_rows = []
     for obj in sorted(store.list("IPAMBlock"), key=lambda o: netaddr.IPNetwork(o["spec"]["cidr"])):
         spec = obj["spec"]
@@ -24,15 +27,11 @@ def show(ipam: IPAM) -> str:
         free = size - used if isinstance(used, int) else "-"
         block_rows.append((spec["cidr"], spec.get("node", "-"), spec.get("pool", "-"),
                            "-" if used is None else used, free))
-    alloc_rows = sorted(
-        ((a.address, a.handle, f"{a.namespace}/{a.pod}" if a.pod else "-", b.cidr)
-         for b in own.values() for a in b.allocations.values()),
-        key=lambda row: netaddr.IPAddress(row[0]),
-    )
-    return (
-        "POOLS\n" + render(("name", "cidr", "block", "vxlan", "nat", "disabled"), pool_rows)
-        + "\nBLOCKS\n" + render(("cidr", "node", "pool", "used", "free"), block_rows)
-        + f"\nALLOCATIONS on {ipam.node}\n"
-        + render(("address", "handle", "pod", "block"), alloc_rows)
-        + "".join(f"\nbroken IPPool, ignored: {problem}\n" for problem in problems)
-    )
+    text = ("POOLS\n" + render(("name", "cidr", "block", "vxlan", "nat", "disabled"), pool_rows)
+            + "\nBLOCKS\n" + render(("cidr", "node", "pool", "used", "free"), block_rows))
+    for node, blocks in nodes.items():
+        rows = sorted(((a.address, a.handle, f"{a.namespace}/{a.pod}" if a.pod else "-", b.cidr)
+                       for b in blocks for a in b.allocations.values()),
+                      key=lambda row: netaddr.IPAddress(row[0]))
+        text += f"\nALLOCATIONS on {node}\n" + render(("address", "handle", "pod", "block"), rows)
+    return text + "".join(f"\nbroken IPPool, ignored: {problem}\n" for problem in problems)

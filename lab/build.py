@@ -35,12 +35,23 @@ class LabError(Exception):
     """The lab could not be built or reached; the message says why."""
 
 
-def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
-       progress: Progress, vxlan_mode: str = "CrossSubnet") -> LabState:
+def check_can_build(name: str, subnets: int, runtime: str, vxlan_mode: str) -> None:
+    """Refuse, before anything is made, what cannot work."""
     if load(name) is not None or any(topology.owned_by(name, n) for n in netns.listed(name)):
         raise LabError(f"lab {name!r} already exists; run 'weft lab down --name {name}' first")
     if runtime == "podman" and not podman.available():
-        raise LabError("--runtime podman needs podman, runc and busybox-static installed")
+        raise LabError("--runtime podman needs podman, runc and busybox-static: install them "
+                       "with './install.sh --test' (or apt-get install podman runc "
+                       "busybox-static)")
+    if vxlan_mode == "Never" and subnets > 1:
+        raise LabError(f"--vxlan-mode Never cannot route pods across {subnets} subnets: "
+                       "without a tunnel the router between them knows no pod routes; use "
+                       "--subnets 1 with Never, or CrossSubnet or Always")
+
+
+def up(name: str, nodes: int, subnets: int, pods_per_node: int, runtime: str,
+       progress: Progress, vxlan_mode: str = "CrossSubnet") -> LabState:
+    check_can_build(name, subnets, runtime, vxlan_mode)
     state = LabState(name, nodes, subnets, pods_per_node, runtime)
     plan = state.plan
     state.save()
@@ -145,7 +156,9 @@ def wait_converged(state: LabState, timeout: float = 30) -> None:
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise LabError(f"routes did not converge in {timeout:.0f}s: missing {missing}")
+            lacking = "; ".join(f"{node} lacks {', '.join(cidrs)}"
+                                for node, cidrs in sorted(missing.items()))
+            raise LabError(f"routes did not converge in {timeout:.0f}s: {lacking}")
         time.sleep(0.1)
 
 
@@ -162,8 +175,7 @@ def restart_agent(state: LabState, node: str, sig: int = signal.SIGKILL) -> None
 
 def remove_node(state: LabState, node: str, progress: Progress) -> None:
     """Take a node out: its pods, its agent, its Node object (and so its blocks)."""
-    if node not in {n.name for n in state.plan.nodes} or not netns.exists(node):
-        raise LabError(f"lab {state.name!r} has no node {node!r}")
+    check_removable(state, node)
     pods = [p for p, info in state.pods.items() if info["node"] == node]
     progress(f"deleting {len(pods)} pods on {node}")
     for pod in pods:
@@ -182,6 +194,14 @@ def remove_node(state: LabState, node: str, progress: Progress) -> None:
     netns.remove(node)
     state.removed_nodes.append(node)
     state.save()
+
+
+def check_removable(state: LabState, node: str) -> None:
+    if node in state.removed_nodes:
+        raise LabError(f"{node} was already removed from lab {state.name!r}")
+    if node not in {n.name for n in state.plan.nodes}:
+        raise LabError(f"lab {state.name!r} has no node {node!r}; its nodes: "
+                       f"{', '.join(n.name for n in state.nodes_present)}")
 
 
 def node_runtime(state: LabState, node: str) -> Runtime:

@@ -85,6 +85,10 @@ def _up(args: argparse.Namespace) -> int:
         raise LabCommandError(str(err)) from err
     if args.kubernetes:
         return _up_kubernetes(args)
+    try:
+        build.check_can_build(args.name, args.subnets, args.runtime, args.vxlan_mode)
+    except build.LabError as err:
+        raise LabCommandError(str(err)) from err
     print(f"building lab {args.name!r}: {args.nodes} nodes over {args.subnets} subnets, "
           f"{args.pods_per_node} pods per node ({args.runtime})")
     started = time.monotonic()
@@ -94,7 +98,8 @@ def _up(args: argparse.Namespace) -> int:
     except build.LabError as err:
         raise LabCommandError(str(err)) from err
     print(f"lab {args.name!r} is up in {time.monotonic() - started:.1f}s: "
-          f"{len(state.pods)} pods on {args.nodes} nodes; try 'weft lab test'")
+          f"{len(state.pods)} pods on {args.nodes} nodes; try "
+          f"'weft lab test{_name_flag(args.name)}'")
     return 0
 
 
@@ -103,6 +108,11 @@ def _up_kubernetes(args: argparse.Namespace) -> int:
         raise LabCommandError("--kubernetes runs pods under containerd with the default pool "
                               "(CrossSubnet); leave out --runtime and --vxlan-mode")
     bin_dir = args.kube_bin_dir or kube_layout.default_bin_dir()
+    try:
+        build.check_can_build(args.name, args.subnets, "netns", "CrossSubnet")
+        cluster.check_inputs(bin_dir)
+    except build.LabError as err:
+        raise LabCommandError(str(err)) from err
     print(f"building Kubernetes lab {args.name!r}: {args.nodes} nodes over {args.subnets} "
           f"subnets, {args.pods_per_node} echo pods per node, binaries from {bin_dir}")
     started = time.monotonic()

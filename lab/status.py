@@ -25,13 +25,15 @@ def show(state: LabState) -> str:
                         for b in store.list("IPAMBlock"))
     pod_rows = [(name, info["ip"], info["node"]) for name, info in state.pods.items()]
     route_rows = routes(state)
-    return (f"lab {state.name}: {len(state.nodes_present)} nodes, {len(plan.subnets)} subnets, "
+    subnets = {n.subnet.index for n in state.nodes_present}
+    return (f"lab {state.name}: {len(state.nodes_present)} nodes on {len(subnets)} of "
+            f"{len(plan.subnets)} subnets, "
             f"runtime {state.runtime}, {'ready' if state.ready else 'NOT READY'}\n\n"
             "NODES\n" + render(("node", "address", "subnet", "agent", "proxy", "pods"), node_rows)
             + "\nBLOCKS\n" + render(("cidr", "node", "pool"), block_rows)
             + "\nPODS\n" + render(("pod", "ip", "node"), pod_rows)
-            + "\nROUTES to other blocks\n" + render(("node", "destination", "type", "via",
-                                                      "dev"), route_rows))
+            + "\nROUTES to pod blocks (a node's own blocks: blackhole)\n"
+            + render(("node", "destination", "type", "via", "dev"), route_rows))
 
 
 def routes(state: LabState) -> list[tuple[str, ...]]:

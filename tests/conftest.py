@@ -174,3 +174,27 @@ def node(tmp_path: Path, cni_bin: Path) -> Iterator[Node]:
     finally:
         the_node.cleanup()
         assert netns.listed(name) == [], f"namespaces of {name} were left behind"
+
+
+MACHINE_DIRS = (Path("/var/lib/weft"), Path("/etc/cni/net.d"), Path("/opt/cni/bin"))
+
+
+def _machine_files() -> dict[str, int]:
+    """What the machine's own weft and CNI directories hold (path -> mtime)."""
+    found = {}
+    for directory in MACHINE_DIRS:
+        if directory.exists():
+            found[str(directory)] = 0
+            for path in directory.rglob("*"):
+                found[str(path)] = path.lstat().st_mtime_ns
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_directories_untouched() -> Iterator[None]:
+    """Tests make their own node directories: none may write to the machine's."""
+    before = _machine_files()
+    yield
+    after = _machine_files()
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert changed == [], f"tests wrote to the machine's own directories: {changed}"

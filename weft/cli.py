@@ -39,9 +39,36 @@ def _cmd_ipam_show(args: argparse.Namespace) -> int:
     from weft.ipam.allocator import IPAM
     from weft.ipam.show import show
 
-    ipam = IPAM(_store(args), args.state_dir,
-                args.node_name or socket.gethostname())
-    sys.stdout.write(show(ipam))
+    if args.lab:
+        return _ipam_show_lab(args.lab)
+    node = args.node_name or socket.gethostname()
+    ipam_dir = Path(args.state_dir) / "ipam"
+    if args.datastore == "local" and not Path(args.datastore_path).exists() \
+            and not ipam_dir.exists():
+        raise UserError(f"nothing to show: no datastore in {args.datastore_path} and no IPAM "
+                        f"state in {ipam_dir} (weft has not run here); for a lab give "
+                        "--lab NAME, else --datastore-path and --state-dir")
+    store = _store(args)
+    sys.stdout.write(show(store, {node: IPAM(store, args.state_dir, node).read_blocks()}))
+    return 0
+
+
+def _ipam_show_lab(name: str) -> int:
+    from weft.ipam.allocator import IPAM
+    from weft.ipam.local import LocalStore
+    from weft.ipam.show import show
+    from weft.lab.state import load
+
+    state = load(name)
+    if state is None:
+        raise UserError(f"no lab named {name!r} is up; start one with 'weft lab up'")
+    if state.runtime == "kubernetes":
+        raise UserError(f"lab {name!r} is a Kubernetes lab: its blocks are in "
+                        f"'weft lab status --name {name}'")
+    store = LocalStore(state.datastore)
+    nodes = {n.name: IPAM(store, state.node_dir(n.name) / "state", n.name).read_blocks()
+             for n in state.nodes_present}
+    sys.stdout.write(show(store, nodes))
     return 0
 
 
@@ -142,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_arguments(show)
     agent_config.add_state_dir(show)
     show.add_argument("--node-name", default="", help="whose allocations (default: hostname)")
+    show.add_argument("--lab", default="", metavar="NAME",
+                      help="a lab's datastore and every node's allocations")
     show.set_defaults(func=_cmd_ipam_show)
 
     for name, func, verb in (("apply", _cmd_apply, "create or replace"),
@@ -165,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     full.set_defaults(func=_cmd_install)
 
     install = sub.add_parser("install-cni", help="install the weft and weft-ipam CNI binaries")
-    install.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory")
+    install.add_argument("--bin-dir", default="/opt/cni/bin",
+                         help="CNI binary directory (default: /opt/cni/bin)")
     install.set_defaults(func=_cmd_install_cni)
 
     lab_cli.add_parser(sub)

@@ -21,7 +21,7 @@ from weft.lab.build import LabError
 from weft.lab.kube import addons, controlplane, layout, node, teardown
 from weft.lab.kube.images import archive_names
 from weft.lab.kube.layout import KubeLayout
-from weft.lab.state import LabState, load
+from weft.lab.state import LabState
 
 Progress = Callable[[str], None]
 RUNTIME = "kubernetes"
@@ -79,8 +79,7 @@ def apply(kube: KubeLayout, objects: list[dict]) -> None:
 
 def up(name: str, nodes: int, subnets: int, pods_per_node: int, bin_dir: Path,
        progress: Progress, retain: bool = False) -> LabState:
-    if load(name) is not None or any(topology.owned_by(name, n) for n in netns.listed(name)):
-        raise LabError(f"lab {name!r} already exists; run 'weft lab down --name {name}' first")
+    build.check_can_build(name, subnets, "netns", "CrossSubnet")
     check_inputs(bin_dir)
     state = LabState(name, nodes, subnets, pods_per_node, RUNTIME,
                      kube_bin_dir=str(bin_dir.resolve()))
@@ -258,8 +257,7 @@ def _wait(condition: Callable[[], bool], timeout: float, failure: str, state: La
 def remove_node(state: LabState, name: str, progress: Progress) -> None:
     """Take a node out as an operator would: its kubelet and containerd stop, its Node
     is deleted (the garbage collector then deletes its IPAMBlocks), its namespace goes."""
-    if name not in {n.name for n in state.plan.nodes} or name in state.removed_nodes:
-        raise LabError(f"lab {state.name!r} has no node {name!r}")
+    build.check_removable(state, name)
     kube = kube_layout(state)
     progress(f"stopping kubelet, pods and containerd on {name}")
     teardown.stop_node(state, name)

@@ -46,6 +46,6 @@ def show(state: LabState) -> str:
             + "\nBLOCKS\n" + render(("cidr", "node", "pool", "allocated"), block_rows)
             + f"\nPODS ({addons.WORKLOAD_NAMESPACE}/echo)\n"
             + render(("pod", "ip", "node"), pod_rows)
-            + "\nROUTES to pod blocks\n"
+            + "\nROUTES to pod blocks (a node's own blocks: blackhole)\n"
             + render(("node", "destination", "type", "via", "dev"), status.routes(state))
             + "\nPROCESSES\n" + render(("process", "state"), processes))

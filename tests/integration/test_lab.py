@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from weft.agent.routes import VXLAN_DEVICE
-from weft.lab import build, matrix, netns, podman, probe, processes, topology
+from weft.lab import build, matrix, netns, podman, probe, processes, status, topology
 from weft.lab.state import lab_root
 
 from ..waiting import eventually
@@ -169,6 +170,34 @@ def test_removing_a_node_releases_its_blocks_everywhere(make_lab):
     blocks = LocalStore(state.datastore).list("IPAMBlock")
     assert node3 not in {b["spec"]["node"] for b in blocks}
     assert all(c.passed for c in matrix.run(state))
+    # What status and a second removal say of it.
+    text = status.show(state)
+    assert text.startswith(f"lab {state.name}: 2 nodes on 1 of 2 subnets")
+    assert node3 not in text.split("ROUTES")[0]
+    with pytest.raises(build.LabError, match=f"{node3} was already removed"):
+        build.remove_node(state, node3, _quiet)
+
+
+def lab_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "weft", "lab", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_up_refuses_what_cannot_work_before_building_anything():
+    name = f"t{uuid.uuid4().hex[:7]}"
+    never = lab_command("up", "--name", name, "--vxlan-mode", "Never")
+    assert never.returncode == 1 and never.stdout == ""
+    assert never.stderr.startswith("weft: --vxlan-mode Never cannot route pods across 2 "
+                                   "subnets")
+    assert "--subnets 1" in never.stderr and "{" not in never.stderr
+    assert_nothing_left(name)
+
+
+def test_up_on_an_existing_lab_refuses_without_a_banner(make_lab):
+    state = make_lab(nodes=1, subnets=1, pods_per_node=0)
+    again = lab_command("up", "--name", state.name)
+    assert again.returncode == 1 and again.stdout == ""
+    assert f"run 'weft lab down --name {state.name}' first" in again.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

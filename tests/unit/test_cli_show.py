@@ -17,7 +17,7 @@ def test_ipam_show_prints_pools_blocks_and_allocations(tmp_path):
                   "spec": {"cidr": "10.251.0.0/33"}})
     ipam = IPAM(store, tmp_path / "n1", "n1")
     ipam.assign("ctr/eth0", "ctr", "eth0", "default", "web")
-    text = show(ipam)
+    text = show(store, {"n1": ipam.read_blocks()})
     assert "main  10.250.0.0/16  /28" in text
     block = ipam.blocks()[0].cidr
     assert f"{block}  n1" in text and "  1     14" in text  # used 1, free 14 (15 usable)
@@ -26,6 +26,7 @@ def test_ipam_show_prints_pools_blocks_and_allocations(tmp_path):
 
 
 def test_ipam_show_through_the_cli_is_one_table_per_section(tmp_path):
+    (tmp_path / "ds").mkdir()
     out = subprocess.run([sys.executable, "-m", "weft", "ipam", "show", "--datastore-path",
                           str(tmp_path / "ds"), "--state-dir", str(tmp_path / "st"),
                           "--node-name", "n1"], capture_output=True, text=True, check=True)
@@ -41,3 +42,18 @@ def test_checksum_offload_is_off_only_below_kernel_5_7_unless_overridden():
     assert checksum_offload("auto", "6.18.44-fc") is True
     assert checksum_offload("on", "4.19.0") is True
     assert checksum_offload("off", "6.1.0") is False
+
+
+def test_ipam_show_only_reads_and_says_when_there_is_no_weft(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "weft", "ipam", "show", "--datastore-path",
+                          str(tmp_path / "ds"), "--state-dir", str(tmp_path / "st")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith("weft: nothing to show: no datastore in ")
+    assert "--lab NAME" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # a command that only reads wrote nothing
+    (tmp_path / "ds").mkdir()
+    subprocess.run([sys.executable, "-m", "weft", "ipam", "show", "--datastore-path",
+                    str(tmp_path / "ds"), "--state-dir", str(tmp_path / "st")], check=True,
+                   capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

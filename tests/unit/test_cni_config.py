@@ -70,3 +70,31 @@ def test_host_ifname_is_stable_short_and_per_interface():
 def test_cni_error_json_is_the_spec_object():
     body = json.loads(CNIError(7, "bad", "fix it").to_json("1.1.0"))
     assert body == {"cniVersion": "1.1.0", "code": 7, "msg": "bad", "details": "fix it"}
+
+
+def test_the_default_log_file_follows_the_state_dir_wherever_it_is_set():
+    from weft.cni.config import parse_netconf
+
+    top = parse_netconf(json.dumps({**GOOD, "stateDir": "/srv/a"}).encode())
+    assert top.log_file == "/srv/a/cni.log"
+    in_ipam = parse_netconf(json.dumps(
+        {**GOOD, "ipam": {**GOOD["ipam"], "stateDir": "/srv/b"}}).encode())
+    assert in_ipam.log_file == "/srv/b/cni.log"
+    chosen = parse_netconf(json.dumps({**GOOD, "stateDir": "/srv/a", "logFile": "/x.log"}
+                                      ).encode())
+    assert chosen.log_file == "/x.log"
+
+
+@pytest.mark.parametrize(("env", "logged"), [
+    ({k: v for k, v in ENV.items() if k != "CNI_COMMAND"},
+     "a request of c1 failed: CNI_COMMAND is not set"),
+    ({k: v for k, v in ENV.items() if k != "CNI_CONTAINERID"}, "ADD failed: "),
+    ({**ENV, "CNI_IFNAME": "eth/0"}, "ADD of c1 failed: "),
+])
+def test_failures_are_logged_with_what_was_given(env, logged, caplog):
+    with caplog.at_level("WARNING", logger="weft.cni"):
+        code, _ = run(env)
+    assert code == 1
+    (record,) = [r for r in caplog.records if r.name == "weft.cni"]
+    assert record.getMessage().startswith(logged), record.getMessage()
+    assert "None" not in record.getMessage() and "  " not in record.getMessage()
