@@ -12,6 +12,7 @@ from weft.ipam.pools import VXLAN_MODES
 from weft.lab import build, matrix, status, topology
 from weft.lab.kube import addons as kube_addons
 from weft.lab.kube import cluster, components, gobuild
+from weft.lab.kube import e2e as kube_e2e
 from weft.lab.kube import layout as kube_layout
 from weft.lab.kube import matrix as kube_matrix
 from weft.lab.kube import status as kube_status
@@ -57,6 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kubectl_cmd = command("kubectl", _kubectl,
                           "run kubectl against a Kubernetes lab: weft lab kubectl -- ARGS")
     kubectl_cmd.add_argument("args", nargs=argparse.REMAINDER, help="kubectl's arguments")
+    e2e_cmd = command("e2e", _e2e, "run upstream's e2e.test against a Kubernetes lab")
+    e2e_cmd.add_argument("--focus", default=kube_e2e.DEFAULT_FOCUS,
+                         help=f"specs to run (default: {kube_e2e.DEFAULT_FOCUS})")
+    e2e_cmd.add_argument("--skip", default="", help="specs to leave out")
+    e2e_cmd.add_argument("--procs", type=int, default=2, help="parallel processes (default 2)")
     command("test", _test, "run the connectivity matrix; exit 0 only if all passes")
     command("status", _status, "print nodes, blocks, pods and routes")
     exec_cmd = command("exec", _exec, "run a command in a pod: weft lab exec POD -- CMD")
@@ -169,6 +175,14 @@ def _kubectl(args: argparse.Namespace) -> int:
     command = [*cluster.kubectl_prefix(kube), *rest]
     os.execvp(command[0], command)
     return 127  # not reached
+
+
+def _e2e(args: argparse.Namespace) -> int:
+    state = _kubernetes_lab(args.name)
+    try:
+        return kube_e2e.run(state, args.focus, args.skip, args.procs)
+    except build.LabError as err:
+        raise LabCommandError(str(err)) from err
 
 
 def _test(args: argparse.Namespace) -> int:

@@ -14,6 +14,9 @@ from typing import NamedTuple
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# Services another proxy serves, and headless ones so marked: kube-proxy leaves both
+# alone (its informers select "!service-proxy-name,!headless"), and so does weft.
+NOT_OURS_LABELS = ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless")
 DEFAULT_AFFINITY_SECONDS = 10800
 
 
@@ -52,11 +55,14 @@ class ServicePort:
 
 
 def service_ports(services: Iterable[Mapping], slices: Iterable[Mapping]) -> list[ServicePort]:
-    """Every proxied service port; headless and ExternalName services are skipped."""
+    """Every proxied service port; headless and ExternalName services are skipped, and
+    so are those labelled for another proxy."""
     by_service = group_slices(slices)
     ports = []
     for svc in services:
         meta = svc.get("metadata") or {}
+        if any(label in (meta.get("labels") or {}) for label in NOT_OURS_LABELS):
+            continue
         ports += ports_of(svc, by_service.get((meta.get("namespace") or "default",
                                                meta.get("name")), []))
     return ports

@@ -115,6 +115,9 @@ def _start_control_plane(state: LabState, kube: KubeLayout, plan: topology.LabPl
     wiring.wire(cp, "eth0", subnet.switch, "cp", subnet.switch)
     wiring.address(cp, "eth0", f"{address}/24")
     wiring.default_route(cp, subnet.gateway)
+    # The API server proxies to pods (kubectl port-forward aside, /proxy/ URLs): on a
+    # kubeadm control plane the CNI routes them; here the first node does.
+    wiring.route(cp, topology.POD_POOL, plan.nodes[0].address)
     progress("making the cluster's CA and certificates")
     controlplane.make_pki(kube, plan)
     (kube.disk_dir / "etcd").mkdir(parents=True, mode=0o700, exist_ok=True)

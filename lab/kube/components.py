@@ -8,7 +8,7 @@ for 1.38 at the earliest, KEP-5573). containerd 2.4 is the line tested against
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 KUBERNETES_VERSION = "1.37.2"
 
@@ -23,7 +23,8 @@ class Component:
     # binary name -> Go package
     binaries: dict[str, str]
     tags: tuple[str, ...] = ()
-    cgo: bool = False
+    # binary name -> Go package whose tests it is (`go test -c`)
+    tests: dict[str, str] = field(default_factory=dict)
 
 
 def kubernetes(version: str) -> Component:
@@ -34,7 +35,9 @@ def kubernetes(version: str) -> Component:
         "kubelet": "k8s.io/kubernetes/cmd/kubelet",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
         "agnhost": "k8s.io/kubernetes/test/images/agnhost",
-    })
+        # At the version k8s.io/kubernetes pins, as upstream's e2e runs do.
+        "ginkgo": "github.com/onsi/ginkgo/v2/ginkgo",
+    }, tests={"e2e.test": "k8s.io/kubernetes/test/e2e"})
 
 
 ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", "v3.7.3",
@@ -53,6 +56,9 @@ COREDNS = Component("coredns", "github.com/coredns/coredns", "v1.15.0",
 # What upstream e2e of 1.37 runs (test/images/agnhost/VERSION), and the tag
 # manifests/examples/connectivity.yaml uses.
 AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+# The other images upstream's network e2e specs of 1.37 run (test/utils/image/manifest.go).
+BUSYBOX_IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-2"
+NGINX_IMAGE = "registry.k8s.io/e2e-test-images/nginx:1.27.0-2"
 # containerd 2.4's default sandbox image, from build/pause of the same Kubernetes.
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.15.0"

@@ -93,25 +93,38 @@ def wrapper_go_mod(upstream_go_mod: str, component: Component) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _commands(component: Component, target: Path, ldflags: str) -> dict[str, list[str]]:
+    """The go command that builds each of the component's binaries into `target`'s dir.
+
+    Test binaries are built with -mod=mod: `go mod tidy` keeps no sums for the tests of
+    a dependency's packages, so the first build records them in go.sum (still checked
+    against the checksum database)."""
+    flags = ["-trimpath", "-ldflags", f"-s -w {ldflags}".strip()]
+    if component.tags:
+        flags += ["-tags", ",".join(component.tags)]
+    commands = {name: ["go", "build", *flags, "-o", str(target / f"{name}.new"), package]
+                for name, package in component.binaries.items()}
+    commands |= {name: ["go", "test", "-c", "-mod=mod", *flags,
+                        "-o", str(target / f"{name}.new"), package]
+                 for name, package in component.tests.items()}
+    return commands
+
+
 def build(component: Component, bin_dir: Path, work: Path, env: dict[str, str],
           progress: Progress, ldflags: str = "") -> list[str]:
     """Build the component's binaries into bin_dir; returns the names it built."""
     wrapper = wrapper_dir(component, work, env, progress)
     stamps = _stamps(bin_dir)
     built = []
-    for name, package in component.binaries.items():
-        key = _key(component, wrapper, go_version(env), ldflags, package)
+    for name, command in _commands(component, bin_dir, ldflags).items():
+        key = _key(component, wrapper, go_version(env), ldflags, command[-1])
         target = bin_dir / name
         if target.exists() and stamps.get(name) == key:
             continue
         bin_dir.mkdir(parents=True, exist_ok=True)
-        command = ["go", "build", "-trimpath", "-o", str(target.with_suffix(".new"))]
-        if component.tags:
-            command += ["-tags", ",".join(component.tags)]
-        command += ["-ldflags", f"-s -w {ldflags}".strip(), package]
         run_step(command, wrapper, env,
                  f"building {name} ({component.module} {component.version})", progress)
-        target.with_suffix(".new").rename(target)
+        (bin_dir / f"{name}.new").rename(target)
         stamps[name] = key
         write_atomically(bin_dir / STAMPS, json.dumps(stamps, indent=1, sort_keys=True).encode())
         built.append(name)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from weft.lab.kube import components
 from weft.lab.kube.gobuild import BuildError, run_step
+from weft.lab.podman import busybox_rootfs
 
 Progress = Callable[[str], None]
 HERE = Path(__file__).parent
@@ -94,6 +95,8 @@ def build_all(cache: Path, version_dir: Path, k8s_source: Path,
                        'ENTRYPOINT ["/coredns"]\n', {"coredns": bin_dir / "coredns"},
                        progress),
         _agnhost(podman, images, bin_dir, k8s_source, progress),
+        _busybox(podman, images, progress),
+        _from_binaries(podman, images, "nginx", components.NGINX_IMAGE, NGINX, {}, progress),
         _weft(podman, images, progress)]
     return [name for name in built if name]
 
@@ -151,6 +154,36 @@ def _agnhost(podman: Podman, images: Path, bin_dir: Path, k8s_source: Path,
         'ENTRYPOINT ["/agnhost"]\nCMD ["pause"]\n')
     return _from_binaries(podman, images, "agnhost", components.AGNHOST_IMAGE, containerfile,
                           files, progress)
+
+
+# nginx from Debian on the same base, serving its welcome page on port 80 as the
+# upstream image (nginx:1.27-alpine) does.
+NGINX = (f"FROM {DEBIAN_BASE}\n"
+         "RUN apt-get update && apt-get install -y --no-install-recommends nginx-light \\\n"
+         " && rm -rf /var/lib/apt/lists/* \\\n"
+         " && ln -sf /dev/stdout /var/log/nginx/access.log \\\n"
+         " && ln -sf /dev/stderr /var/log/nginx/error.log\n"
+         "EXPOSE 80\nSTOPSIGNAL SIGQUIT\n"
+         'CMD ["nginx", "-g", "daemon off;"]\n')
+
+
+def _busybox(podman: Podman, images: Path, progress: Progress) -> str:
+    """busybox with its applets, as upstream's image (FROM busybox) is: Debian's static
+    busybox, the one the netns lab's podman pods run."""
+    busybox = Path(shutil.which("busybox") or "/bin/busybox")
+    key = _digest([busybox.read_bytes(), components.BUSYBOX_IMAGE.encode()])
+
+    def prepare(context: Path) -> None:
+        root = busybox_rootfs(context / "rootfs")
+        applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for applet in applets:
+            link = root / "bin" / applet
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to("busybox")
+
+    return _image(podman, images, "busybox", components.BUSYBOX_IMAGE, key,
+                  'FROM scratch\nCOPY rootfs/ /\nCMD ["sh"]\n', prepare, progress)
 
 
 def _weft(podman: Podman, images: Path, progress: Progress) -> str:

@@ -39,6 +39,15 @@ def test_headless_and_external_name_services_are_not_proxied():
     assert service_ports([service(clusterIP="None"), service("x", type="ExternalName")], []) == []
 
 
+@pytest.mark.parametrize("label", ["service.kubernetes.io/service-proxy-name",
+                                   "service.kubernetes.io/headless"])
+def test_services_labelled_for_another_proxy_or_headless_are_left_alone(label):
+    labelled = service("other")
+    labelled["metadata"]["labels"] = {label: "someone-else"}
+    (sp,) = service_ports([labelled, service()], [slice_(), slice_("other")])
+    assert sp.name == "web"
+
+
 def test_probabilities_chain_names_and_dnat():
     eps = tuple(Endpoint(f"10.244.0.{i}", 8080, "n1") for i in range(2, 5))
     sp = ServicePort("default", "web", "http", "TCP", "10.96.0.20", 80, endpoints=eps)
