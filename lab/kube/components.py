@@ -59,6 +59,7 @@ AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
 # The other images upstream's network e2e specs of 1.37 run (test/utils/image/manifest.go).
 BUSYBOX_IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-2"
 NGINX_IMAGE = "registry.k8s.io/e2e-test-images/nginx:1.27.0-2"
+GLIBC_DNS_IMAGE = "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1"
 # containerd 2.4's default sandbox image, from build/pause of the same Kubernetes.
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.15.0"

@@ -97,6 +97,8 @@ def build_all(cache: Path, version_dir: Path, k8s_source: Path,
         _agnhost(podman, images, bin_dir, k8s_source, progress),
         _busybox(podman, images, progress),
         _from_binaries(podman, images, "nginx", components.NGINX_IMAGE, NGINX, {}, progress),
+        _from_binaries(podman, images, "glibc-dns-testing", components.GLIBC_DNS_IMAGE,
+                       GLIBC_DNS, {"coredns": bin_dir / "coredns"}, progress),
         _weft(podman, images, progress)]
     return [name for name in built if name]
 
@@ -165,6 +167,13 @@ NGINX = (f"FROM {DEBIAN_BASE}\n"
          " && ln -sf /dev/stderr /var/log/nginx/error.log\n"
          "EXPOSE 80\nSTOPSIGNAL SIGQUIT\n"
          'CMD ["nginx", "-g", "daemon off;"]\n')
+
+
+# What test/images/glibc-dns-testing is: Debian 12 with dnsutils, and CoreDNS at /.
+GLIBC_DNS = (f"FROM {DEBIAN_BASE}\n"
+             "RUN apt-get update && apt-get install -y --no-install-recommends dnsutils \\\n"
+             " && rm -rf /var/lib/apt/lists/*\n"
+             "COPY coredns /coredns\n")
 
 
 def _busybox(podman: Podman, images: Path, progress: Progress) -> str:

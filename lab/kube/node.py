@@ -106,8 +106,10 @@ def prepare(kube: KubeLayout, plan: topology.LabPlan, node: topology.NodePlan,
         shutil.copy2(pki.path(name), etc / "kubernetes" / "pki" / name)
     pki.kubeconfig(etc / "kubernetes" / "kubelet.conf", identity, layout.api_server_url(plan),
                    files_at=Path("/etc/kubernetes/pki"))
-    # No resolver exists in the lab: CoreDNS answers for the cluster and for nothing else.
-    (etc / "kubernetes" / "resolv.conf").write_text("# the lab has no upstream resolver\n")
+    # No resolver exists in the lab: CoreDNS answers for the cluster and for nothing else,
+    # and the node itself (containerd, should it try a pull) asks no one outside.
+    for resolv in (etc / "kubernetes" / "resolv.conf", etc / "resolv.conf"):
+        resolv.write_text("# the lab has no upstream resolver\n")
     cp = layout.control_plane_address(plan)
     (etc / "hosts").write_text(
         f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
