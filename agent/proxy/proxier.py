@@ -107,7 +107,13 @@ class Proxier:
         previous = conntrack.frontends(self._ports, self.node)
         self._cache, self._ports, self._applied = cache, ports, wanted
         if self.conntrack_cleanup:
-            conntrack.reconcile(ports, self.node, set(previous))
+            # The rules are in place whatever happens here: a failed cleanup is logged
+            # and done again at the next sync, and does not make this sync a failure
+            # (which would keep the proxy unready with every service programmed).
+            try:
+                conntrack.reconcile(ports, self.node, set(previous))
+            except Exception as err:  # netlink errors, a conntrack table we may not read
+                log.warning("could not delete stale UDP conntrack entries: %s", err)
         self._last_sync = time.monotonic()
         result = SyncResult(full, written, deleted, sum(len(r) for t in wanted.values()
                                                         for r in t.values()),

@@ -7,6 +7,8 @@ nat:    PREROUTING, OUTPUT -> WEFT-SERVICES
         WEFT-EXT-*      mark for masquerade, then WEFT-SVC-*
         WEFT-SVC-*      mark traffic from outside the cluster CIDR; pick an endpoint:
                         ClientIP affinity first, then -m statistic 1/(n-i)
+        WEFT-SVL-*      the same over this node's endpoints, for the cluster IP of a
+                        Service with internalTrafficPolicy: Local and node ports
         WEFT-SEP-*      mark hairpin traffic (an endpoint reaching itself), DNAT
         WEFT-MARK-MASQ  set the masquerade mark; the agent's WEFT-POSTROUTING
                         masquerades what carries it
@@ -60,27 +62,41 @@ class PortRules:
 
 
 def render_port(sp: ServicePort, node: str, cluster_cidr: str) -> PortRules:
+    """internalTrafficPolicy: Local narrows the cluster IP to this node's endpoints;
+    node ports and external IPs keep every endpoint (externalTrafficPolicy: Cluster),
+    as in kube-proxy: such a port gets a second pick chain, WEFT-SVL-*."""
     out = PortRules()
     proto = sp.protocol.lower()
     match = f"-p {proto} -m {proto}"
     comment = f'-m comment --comment "{sp.key}'
-    endpoints = sp.usable_endpoints(node)
-    frontends = [(sp.cluster_ip, "cluster IP")] + [(ip, "external IP") for ip in sp.external_ips]
-    if not endpoints:
-        why = "has no local endpoints" if sp.local_only and sp.endpoints else "has no endpoints"
-        for ip, _ in frontends:
+    internal, external = sp.usable_endpoints(node), sp.endpoints
+    svc = chain_name("WEFT-SVC-", sp.key, sp.protocol)
+    svl = chain_name("WEFT-SVL-", sp.key, sp.protocol) if internal != external else svc
+    ext = chain_name("WEFT-EXT-", sp.key, sp.protocol)
+    seps = {e: chain_name("WEFT-SEP-", sp.key, sp.protocol, f"{e.ip}:{e.port}")
+            for e in external}
+    if internal:
+        out.services.append(f"-A {SERVICES} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
+                            f'{comment} cluster IP" -j {svl}')
+        out.chains[("nat", svl)] = [
+            f"-A {svl} ! -s {cluster_cidr} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
+            f'{comment} cluster IP from outside the pods" -j {MARK_MASQ}',
+            *_pick(svl, [seps[e] for e in internal], sp.affinity_seconds)]
+    else:
+        why = "has no local endpoints" if external else "has no endpoints"
+        out.rejects.append(f"-A {SERVICES} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
+                           f'{comment} {why}" -j REJECT --reject-with icmp-port-unreachable')
+    if not external:
+        for ip in sp.external_ips:
             out.rejects.append(f"-A {SERVICES} -d {ip}/32 {match} --dport {sp.port} "
-                               f'{comment} {why}" -j REJECT --reject-with icmp-port-unreachable')
+                               f'{comment} has no endpoints" -j REJECT --reject-with '
+                               "icmp-port-unreachable")
         if sp.node_port:
             out.external_rejects.append(
                 f"-A {EXTERNAL_SERVICES} -m addrtype --dst-type LOCAL {match} --dport "
-                f'{sp.node_port} {comment} {why}" -j REJECT --reject-with '
+                f'{sp.node_port} {comment} has no endpoints" -j REJECT --reject-with '
                 "icmp-port-unreachable")
         return out
-    svc = chain_name("WEFT-SVC-", sp.key, sp.protocol)
-    ext = chain_name("WEFT-EXT-", sp.key, sp.protocol)
-    out.services.append(f"-A {SERVICES} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
-                        f'{comment} cluster IP" -j {svc}')
     for ip in sp.external_ips:
         out.services.append(f"-A {SERVICES} -d {ip}/32 {match} --dport {sp.port} "
                             f'{comment} external IP" -j {ext}')
@@ -89,27 +105,33 @@ def render_port(sp: ServicePort, node: str, cluster_cidr: str) -> PortRules:
                              f'{comment} node port" -j {ext}')
     if sp.external_ips or sp.node_port:
         out.chains[("nat", ext)] = [f"-A {ext} -j {MARK_MASQ}", f"-A {ext} -j {svc}"]
-    rules = [f"-A {svc} ! -s {cluster_cidr} -d {sp.cluster_ip}/32 {match} --dport {sp.port} "
-             f'{comment} cluster IP from outside the pods" -j {MARK_MASQ}']
-    seps = [chain_name("WEFT-SEP-", sp.key, sp.protocol, f"{e.ip}:{e.port}") for e in endpoints]
-    if sp.affinity_seconds:
-        rules += [f"-A {svc} -m recent --name {sep} --rcheck --seconds {sp.affinity_seconds} "
-                  f"--reap -j {sep}" for sep in seps]
-    count = len(seps)
-    for i, sep in enumerate(seps):
-        if i < count - 1:
-            rules.append(f"-A {svc} -m statistic --mode random --probability "
-                         f"{1 / (count - i):.11f} -j {sep}")
-        else:
-            rules.append(f"-A {svc} -j {sep}")
-    out.chains[("nat", svc)] = rules
-    for endpoint, sep in zip(endpoints, seps, strict=True):
+        if svc != svl:
+            out.chains[("nat", svc)] = _pick(svc, list(seps.values()), sp.affinity_seconds)
+    used = set(internal) | set(external if sp.external_ips or sp.node_port else ())
+    for endpoint, sep in seps.items():
+        if endpoint not in used:
+            continue
         recent = f"-m recent --name {sep} --set " if sp.affinity_seconds else ""
         out.chains[("nat", sep)] = [
             f"-A {sep} -s {endpoint.ip}/32 -j {MARK_MASQ}",
             f"-A {sep} {match} {recent}-j DNAT --to-destination {endpoint.ip}:{endpoint.port}",
         ]
     return out
+
+
+def _pick(chain: str, seps: list[str], affinity_seconds: int) -> list[str]:
+    """Rules choosing one endpoint chain: ClientIP affinity first, then at random."""
+    rules = []
+    if affinity_seconds:
+        rules += [f"-A {chain} -m recent --name {sep} --rcheck --seconds {affinity_seconds} "
+                  f"--reap -j {sep}" for sep in seps]
+    for i, sep in enumerate(seps):
+        if i < len(seps) - 1:
+            rules.append(f"-A {chain} -m statistic --mode random --probability "
+                         f"{1 / (len(seps) - i):.11f} -j {sep}")
+        else:
+            rules.append(f"-A {chain} -j {sep}")
+    return rules
 
 
 def assemble(parts: list[PortRules]) -> dict[str, dict[str, list[str]]]:

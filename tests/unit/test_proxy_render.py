@@ -143,3 +143,42 @@ def test_only_weft_chains_are_owned():
     assert owned("WEFT-SVC-ABC") and owned("WEFT-SERVICES") and owned("WEFT-MARK-MASQ")
     assert not owned("WEFT-POSTROUTING") and not owned("KUBE-SERVICES")
     assert not owned("DOCKER")
+
+
+def test_a_failed_conntrack_cleanup_does_not_fail_the_sync(tmp_path, monkeypatch, caplog):
+    from weft.agent.proxy import conntrack
+
+    store = LocalStore(tmp_path)
+    proxy = Proxier(store, "n1", "10.244.0.0/16", FakeIptables(), min_interval=0)
+    store.apply(service(ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]))
+    store.apply(slice_(port=53, port_name="dns", protocol="UDP"))
+
+    def broken(*_args):
+        raise PermissionError("conntrack table unreadable")
+    monkeypatch.setattr(conntrack, "reconcile", broken)
+    result = proxy.sync()
+    assert result.full and result.written > 0
+    assert "could not delete stale UDP conntrack entries" in caplog.text
+    assert proxy.sync().full is False  # the rules counted as applied
+
+
+def test_internal_traffic_policy_local_narrows_only_the_cluster_ip():
+    """As kube-proxy does: node ports keep every endpoint (externalTrafficPolicy)."""
+    sp = ServicePort("default", "web", "", "TCP", "10.96.0.20", 80, node_port=30080,
+                     local_only=True, endpoints=(Endpoint("10.244.0.2", 80, "n1"),
+                                                 Endpoint("10.244.1.2", 80, "n2")))
+    here = render.render_port(sp, "n1", "10.244.0.0/16")
+    (cluster_jump,) = here.services
+    svl = cluster_jump.split()[-1]
+    assert svl.startswith("WEFT-SVL-")
+    dnat = {c: [r.split()[-1] for r in rules if "DNAT" in r] for (_, c), rules in
+            here.chains.items() if c.startswith("WEFT-SEP-")}
+    picked = [r.split()[-1] for r in here.chains[("nat", svl)] if "WEFT-SEP-" in r]
+    assert [dnat[c] for c in picked] == [["10.244.0.2:80"]]
+    (ext,) = [c for _, c in here.chains if c.startswith("WEFT-EXT-")]
+    svc = here.chains[("nat", ext)][-1].split()[-1]
+    assert sorted(dnat[r.split()[-1]][0] for r in here.chains[("nat", svc)]) == [
+        "10.244.0.2:80", "10.244.1.2:80"]
+    elsewhere = render.render_port(sp, "n3", "10.244.0.0/16")
+    assert "has no local endpoints" in elsewhere.rejects[0] and elsewhere.services == []
+    assert elsewhere.nodeports and not elsewhere.external_rejects
