@@ -158,7 +158,8 @@ class NodeAgent:
         except CNIError as err:
             log.warning("could not refresh the node's copy of the pools: %s", err)
         blocks = self.store.list("IPAMBlock")
-        peers = peers_from_nodes(self.store.list("Node"))
+        nodes = self.store.list("Node")
+        peers = peers_from_nodes(nodes)
         peers.pop(self.local.name, None)
         if full or vxlan.index(self.ipr) is None:
             self._ensure_tunnel()
@@ -178,7 +179,10 @@ class NodeAgent:
             except Exception as err:  # reported, retried on the next pass
                 errors.append(f"failed to apply NAT rules: {err}")
         own = self.ipam.blocks()
-        errors += self._reassert_claims(blocks, own)
+        if any(n["metadata"]["name"] == self.local.name for n in nodes):
+            # A claim needs its Node to own it (the garbage collector frees it with the
+            # Node): with the Node gone, wait for kubelet to register it again.
+            errors += self._reassert_claims(blocks, own)
         if full:  # not on every change: the write is one, and would wake the next pass
             errors += self._publish_block_usage(blocks, own)
         for error in errors:

@@ -1,10 +1,12 @@
 """weft on a real cluster: upstream kube-apiserver, controllers, containerd and kubelets.
 
-One Kubernetes lab (3 nodes over 2 subnets) serves every test here, in one xdist
-worker (`--dist loadgroup`); it is built the way users install weft, with
-`kubectl apply -f manifests/weft.yaml`, and taken down after the last test, also when
-one fails. Tests that change the cluster (deleting pods, restarting an agent,
-removing a node) run last, in file order.
+One Kubernetes lab (3 nodes over 2 subnets) serves every test here; it is built the way
+users install weft, with `kubectl apply -f manifests/weft.yaml`, and taken down after
+the last test, also when one fails. Everything is in this one module, in one xdist
+worker (`--dist loadgroup`), so no two clusters ever run at once on a 2-core machine.
+In file order: a failed `up` (before the lab exists), what a user checks, upstream's
+own network tests (e2e.test) as the judge, then what changes the cluster (deleting
+pods, restarting an agent, deleting and removing nodes).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import netaddr
 import pytest
 
 from weft.lab import netns, processes
-from weft.lab.kube import addons, cluster, components, layout, teardown
+from weft.lab.kube import addons, cluster, components, e2e, layout, teardown
 from weft.lab.kube import matrix as kube_matrix
 from weft.lab.state import LabState, load
 
@@ -30,6 +32,9 @@ pytestmark = [pytest.mark.kubernetes, pytest.mark.integration,
               pytest.mark.xdist_group("kubernetes")]
 
 POD_POOL = netaddr.IPNetwork("10.244.0.0/16")
+# [sig-network] specs tagged [Conformance] in Kubernetes 1.37.2
+# (test/conformance/testdata/conformance.yaml).
+CONFORMANCE_SPECS = 47
 VETH = re.compile(r"weft[0-9a-f]{11}")
 
 
@@ -131,6 +136,34 @@ def assert_node_clean(state: LabState, node: str) -> None:
              f"{sorted(pods_on(state, node))})")
 
 
+def test_a_failed_up_removes_everything_it_made(tmp_path):
+    real = layout.default_bin_dir()
+    if not (real / "kubelet").exists():
+        pytest.skip("the Kubernetes build is missing: run 'weft lab build-kubernetes'")
+    # The user's own directory of binaries, with its images beside it: one archive is
+    # broken, so up fails after the control plane and containerd already run.
+    bin_dir, images = tmp_path / "kube" / "bin", tmp_path / "kube" / "images"
+    bin_dir.mkdir(parents=True)
+    images.mkdir()
+    for binary in real.iterdir():
+        (bin_dir / binary.name).symlink_to(binary.resolve())
+    for archive in (real.parent / "images").glob("*.tar"):
+        (images / archive.name).symlink_to(archive.resolve())
+    (images / "zz-broken.tar").write_bytes(b"not an image archive")
+    name = f"f{uuid.uuid4().hex[:6]}"
+
+    up = subprocess.run([sys.executable, "-m", "weft", "lab", "up", "--kubernetes", "--name",
+                         name, "--nodes", "2", "--kube-bin-dir", str(bin_dir)],
+                        capture_output=True, text=True, timeout=600)
+
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert f"binaries from {bin_dir}" in up.stdout
+    assert "starting etcd and kube-apiserver" in up.stdout  # it got that far
+    assert "importing zz-broken.tar failed" in up.stderr and "Traceback" not in up.stderr
+    assert "build failed: removing what was made" in up.stdout
+    assert_nothing_left(name)
+
+
 def test_nodes_were_not_ready_until_weft_ran_and_are_ready_now(lab):
     assert lab.observed["ready_before_weft"] == [], \
         "a Node was Ready before weft ran: the runtime saw a network config too early"
@@ -181,6 +214,31 @@ def test_every_pod_reaches_every_pod_node_service_nodeport_and_the_internet(lab)
                                    for c in failed)
     kinds = {c.kind for c in checks}
     assert kinds == {"tcp", "icmp", "udp", "nat", "nodeport"}
+
+
+def run_e2e(lab: LabState, *flags: str) -> list[tuple[str, str, float]]:
+    proc = subprocess.run([sys.executable, "-m", "weft", "lab", "e2e", "--name", lab.name,
+                           "--procs", "4", *flags], capture_output=True, text=True,
+                          timeout=3600)
+    junit = next(line.rsplit("JUnit: ", 1)[1].strip() for line in proc.stdout.splitlines()
+                 if "JUnit: " in line)
+    specs = [s for s in e2e.results(Path(junit)) if s[1] != "skipped"]
+    failed = [name for name, result, _ in specs if result == "failed"]
+    assert proc.returncode == 0 and failed == [], (failed, proc.stdout[-4000:])
+    assert "SUCCESS!" in proc.stdout
+    return specs
+
+
+def test_every_sig_network_conformance_spec_passes(lab):
+    specs = run_e2e(lab)
+    assert len(specs) == CONFORMANCE_SPECS, [name for name, _, _ in specs]
+
+
+def test_granular_service_checks_pass(lab):
+    specs = run_e2e(lab, "--focus", r"\[sig-network\] Networking Granular Checks: Services",
+                    "--skip", r"\[Slow\]|\[Disruptive\]|\[Feature:")
+    # pod, node and endpoint to Service over http and udp, endpoint updates, ...
+    assert len(specs) >= 14, [name for name, _, _ in specs]
 
 
 def test_deleting_a_pod_through_the_api_leaves_nothing_on_its_node(lab):
