@@ -34,6 +34,9 @@ class Metrics:
                                            registry=self.registry)
         self.reconcile_errors = Counter("weft_reconcile_errors_total", "Reconcile steps that "
                                         "failed", registry=self.registry)
+        self.reconciles = Counter("weft_reconciles_total", "Reconciles, by what started "
+                                  "them: the periodic resync or a change", ["trigger"],
+                                  registry=self.registry)
 
     def observe_cni(self, plugin: str, command: str, code: int, seconds: float) -> None:
         self.cni_requests.labels(plugin, command, "ok" if code == 0 else "error").inc()

@@ -275,6 +275,7 @@ class NodeAgent:
             if stop.is_set():
                 break
             full = time.monotonic() - last_full >= self.config.resync_seconds
+            self.metrics.reconciles.labels("resync" if full else "change").inc()
             try:
                 self.reconcile(full=full)
             except Exception:
