@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from weft.ipam.pools import VXLAN_MODES
 from weft.lab import build, matrix, status, topology
 from weft.lab.kube import addons as kube_addons
-from weft.lab.kube import cluster, components, gobuild
+from weft.lab.kube import artifacts, cluster, components, gobuild
 from weft.lab.kube import e2e as kube_e2e
 from weft.lab.kube import layout as kube_layout
 from weft.lab.kube import matrix as kube_matrix
@@ -73,6 +75,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     command("down", _down, "remove the lab and everything it made")
 
 
+@contextlib.contextmanager
+def _lab_errors() -> Iterator[None]:
+    """A lab that cannot be built or reached is one line for the user."""
+    try:
+        yield
+    except (build.LabError, gobuild.BuildError) as err:
+        raise LabCommandError(str(err)) from err
+
+
 def _progress(message: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {message}", flush=True)
 
@@ -91,18 +102,14 @@ def _up(args: argparse.Namespace) -> int:
         raise LabCommandError(str(err)) from err
     if args.kubernetes:
         return _up_kubernetes(args)
-    try:
+    with _lab_errors():
         build.check_can_build(args.name, args.subnets, args.runtime, args.vxlan_mode)
-    except build.LabError as err:
-        raise LabCommandError(str(err)) from err
     print(f"building lab {args.name!r}: {args.nodes} nodes over {args.subnets} subnets, "
           f"{args.pods_per_node} pods per node ({args.runtime})")
     started = time.monotonic()
-    try:
+    with _lab_errors():
         state = build.up(args.name, args.nodes, args.subnets, args.pods_per_node,
                          args.runtime, _progress, args.vxlan_mode)
-    except build.LabError as err:
-        raise LabCommandError(str(err)) from err
     print(f"lab {args.name!r} is up in {time.monotonic() - started:.1f}s: "
           f"{len(state.pods)} pods on {args.nodes} nodes; try "
           f"'weft lab test{_name_flag(args.name)}'")
@@ -114,19 +121,15 @@ def _up_kubernetes(args: argparse.Namespace) -> int:
         raise LabCommandError("--kubernetes runs pods under containerd with the default pool "
                               "(CrossSubnet); leave out --runtime and --vxlan-mode")
     bin_dir = args.kube_bin_dir or kube_layout.default_bin_dir()
-    try:
+    with _lab_errors():
         build.check_can_build(args.name, args.subnets, "netns", "CrossSubnet")
         cluster.check_inputs(bin_dir)
-    except build.LabError as err:
-        raise LabCommandError(str(err)) from err
     print(f"building Kubernetes lab {args.name!r}: {args.nodes} nodes over {args.subnets} "
           f"subnets, {args.pods_per_node} echo pods per node, binaries from {bin_dir}")
     started = time.monotonic()
-    try:
+    with _lab_errors():
         state = cluster.up(args.name, args.nodes, args.subnets, args.pods_per_node, bin_dir,
                            _progress, args.retain)
-    except build.LabError as err:
-        raise LabCommandError(str(err)) from err
     print(f"lab {args.name!r} is up in {time.monotonic() - started:.1f}s: "
           f"{len(state.pods)} pods on {args.nodes} nodes; try "
           f"'weft lab test{_name_flag(args.name)}' or "
@@ -141,12 +144,8 @@ def _name_flag(name: str) -> str:
 def _build_kubernetes(args: argparse.Namespace) -> int:
     print(f"building Kubernetes {args.kubernetes_version} and the lab's images "
           f"into {kube_layout.CACHE}")
-    try:
-        from weft.lab.kube import artifacts
-
+    with _lab_errors():
         artifacts.build(args.kubernetes_version, _progress)
-    except gobuild.BuildError as err:
-        raise LabCommandError(str(err)) from err
     return 0
 
 
@@ -179,10 +178,8 @@ def _kubectl(args: argparse.Namespace) -> int:
 
 def _e2e(args: argparse.Namespace) -> int:
     state = _kubernetes_lab(args.name)
-    try:
+    with _lab_errors():
         return kube_e2e.run(state, args.focus, args.skip, args.procs)
-    except build.LabError as err:
-        raise LabCommandError(str(err)) from err
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -230,10 +227,8 @@ def _remove_node(args: argparse.Namespace) -> int:
     state = _loaded(args.name)
     node = args.node if args.node.startswith(f"{args.name}-") else f"{args.name}-{args.node}"
     remove = cluster.remove_node if state.runtime == cluster.RUNTIME else build.remove_node
-    try:
+    with _lab_errors():
         remove(state, node, _progress)
-    except build.LabError as err:
-        raise LabCommandError(str(err)) from err
     print(f"{node} removed; its blocks are released")
     return 0
 

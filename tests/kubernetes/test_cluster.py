@@ -229,6 +229,20 @@ def run_e2e(lab: LabState, *flags: str) -> list[tuple[str, str, float]]:
     return specs
 
 
+def test_status_and_exec_work_on_a_kubernetes_lab(lab):
+    status = subprocess.run([sys.executable, "-m", "weft", "lab", "status", "--name", lab.name],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"lab {lab.name}: Kubernetes, 3 nodes, 3 Ready, ready")
+    for title in ("NODES", "WEFT PODS", "BLOCKS", "PODS", "ROUTES", "PROCESSES"):
+        assert f"\n{title}" in status.stdout
+    cluster.record_pods(lab, cluster.kube_layout(lab))
+    pod = sorted(lab.pods)[0]
+    run = subprocess.run([sys.executable, "-m", "weft", "lab", "exec", "--name", lab.name, pod,
+                          "--", "hostname"], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout.strip()) == (0, pod), run.stderr
+
+
 def test_every_sig_network_conformance_spec_passes(lab):
     specs = run_e2e(lab)
     assert len(specs) == CONFORMANCE_SPECS, [name for name, _, _ in specs]
