@@ -161,7 +161,9 @@ class NodeAgent:
         nodes = self.store.list("Node")
         peers = peers_from_nodes(nodes)
         peers.pop(self.local.name, None)
-        if full or vxlan.index(self.ipr) is None:
+        if not self._annotations_on(nodes):
+            self._published_tunnel = None  # its Node was registered anew: publish again
+        if full or vxlan.index(self.ipr) is None or self._published_tunnel is None:
             self._ensure_tunnel()
         want = desired(self.local, blocks, peers, pools)
         change = diff(want, self.dataplane.current())
@@ -179,16 +181,25 @@ class NodeAgent:
             except Exception as err:  # reported, retried on the next pass
                 errors.append(f"failed to apply NAT rules: {err}")
         own = self.ipam.blocks()
-        if any(n["metadata"]["name"] == self.local.name for n in nodes):
-            # A claim needs its Node to own it (the garbage collector frees it with the
-            # Node): with the Node gone, wait for kubelet to register it again.
-            errors += self._reassert_claims(blocks, own)
+        errors += self._reassert_claims(blocks, own)
         if full:  # not on every change: the write is one, and would wake the next pass
             errors += self._publish_block_usage(blocks, own)
         for error in errors:
             log.error("%s", error)
         self._record(want, own, errors, time.monotonic() - started)
         return errors
+
+    def _annotations_on(self, nodes: list[dict]) -> bool:
+        """Whether this node's Node carries what the agent last published (a Node that
+        kubelet registers again after a deletion comes without weft's annotations, and
+        no peer would route to this node's blocks); True while the Node is missing."""
+        mine = next((n for n in nodes if n["metadata"]["name"] == self.local.name), None)
+        if mine is None or self._published_tunnel is None:
+            return True
+        have = mine["metadata"].get("annotations") or {}
+        tunnel_ip, vtep_mac = self._published_tunnel
+        return (have.get(ANNOTATION_NODE_IP), have.get(ANNOTATION_VTEP_IP),
+                have.get(ANNOTATION_VTEP_MAC)) == (self.local.node_ip, tunnel_ip, vtep_mac)
 
     def _reassert_claims(self, blocks: list[dict], own: list[Block]) -> list[str]:
         """Blocks this node allocates from must stay claimed in the datastore: when its
@@ -202,9 +213,11 @@ class NodeAgent:
             if owners.get(block.cidr) == self.local.name:
                 continue
             try:
-                if owners.get(block.cidr) is None and self.ipam.reclaim(block):
+                outcome = self.ipam.reclaim(block) if owners.get(block.cidr) is None else ""
+                if outcome == "claimed":
                     log.warning("claimed block %s again: its IPAMBlock was gone (was Node %s "
                                 "deleted and registered again?)", block.cidr, self.local.name)
+                if outcome in ("claimed", "no node"):  # no Node: wait for kubelet's
                     continue
                 current = self.store.get("IPAMBlock", block.name) or {}
             except (CNIError, DatastoreError) as err:

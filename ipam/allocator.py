@@ -276,18 +276,24 @@ class IPAM:
             "or free addresses",
         )
 
-    def reclaim(self, block: Block) -> bool:
+    def reclaim(self, block: Block) -> str:
         """Claim again a block this node holds but the datastore lost (its IPAMBlock
-        went with a deleted Node, which kubelet then registered anew): False when
-        another node has claimed it since."""
+        went with a deleted Node, which kubelet then registered anew).
+
+        Returns "claimed"; "taken" when another node has claimed it since; "no node"
+        while this node's Node is not registered: a claim must have its Node as owner,
+        or nothing would free it when the node goes for good."""
         try:
-            self.store.create(self._block_object(block.cidr, block.pool))
+            body = self._block_object(block.cidr, block.pool)
+            if "ownerReferences" not in body["metadata"]:
+                return "no node"
+            self.store.create(body)
         except AlreadyExists:
-            return False
+            return "taken"
         except DatastoreError as err:
             raise CNIError(DATASTORE, f"failed to claim block {block.cidr} again",
                            str(err)) from err
-        return True
+        return "claimed"
 
     def _block_object(self, cidr: str, pool: str) -> Object:
         meta: dict[str, Any] = {"name": block_name(cidr)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from weft.lab import build, netns, topology, wiring
 from weft.lab.build import LabError
-from weft.lab.kube import addons, controlplane, layout, node, teardown
+from weft.lab.kube import addons, controlplane, images, layout, node, teardown
 from weft.lab.kube.images import archive_names
 from weft.lab.kube.layout import KubeLayout
 from weft.lab.state import LabState
@@ -81,6 +81,9 @@ def up(name: str, nodes: int, subnets: int, pods_per_node: int, bin_dir: Path,
        progress: Progress, retain: bool = False) -> LabState:
     build.check_can_build(name, subnets, "netns", "CrossSubnet")
     check_inputs(bin_dir)
+    if not images.weft_image_current(images_dir(bin_dir)):
+        progress("warning: weft's image is older than this source tree; the cluster runs "
+                 "the old one ('weft lab build-kubernetes' builds it anew)")
     state = LabState(name, nodes, subnets, pods_per_node, RUNTIME,
                      kube_bin_dir=str(bin_dir.resolve()))
     kube = kube_layout(state)

@@ -198,15 +198,8 @@ def _busybox(podman: Podman, images: Path, progress: Progress) -> str:
 def _weft(podman: Podman, images: Path, progress: Progress) -> str:
     """weft's own image, from the project's Dockerfile, tagged as manifests/weft.yaml
     names it (weft:dev is docker.io/library/weft:dev to containerd)."""
-    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard"], cwd=REPO, capture_output=True,
-                             check=True).stdout.split(b"\0")
-    ignored = _dockerignore(REPO / ".dockerignore")
-    files = sorted(f.decode() for f in tracked if f and (REPO / f.decode()).is_file()
-                   and not ignored(f.decode()))
-    key = _digest([(REPO / "Dockerfile").read_bytes(),
-                   *(f.encode() + b"\0" + (REPO / f).read_bytes() for f in files)])
     archive = images / "weft.tar"
+    key = _weft_key()
     if _fresh(archive, key):
         return ""
     podman.build(components.WEFT_IMAGE, REPO, REPO / "Dockerfile",
@@ -214,6 +207,23 @@ def _weft(podman: Podman, images: Path, progress: Progress) -> str:
     podman.save(components.WEFT_IMAGE, archive)
     _mark(archive, key)
     return "weft image"
+
+
+def weft_image_current(images: Path) -> bool:
+    """Whether the weft image in `images` was built from the source as it is now."""
+    return _fresh(images / "weft.tar", _weft_key())
+
+
+def _weft_key() -> str:
+    """What goes into weft's image: the Dockerfile and its build context."""
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], cwd=REPO, capture_output=True,
+                             check=True).stdout.split(b"\0")
+    ignored = _dockerignore(REPO / ".dockerignore")
+    files = sorted(f.decode() for f in tracked if f and (REPO / f.decode()).is_file()
+                   and not ignored(f.decode()))
+    return _digest([(REPO / "Dockerfile").read_bytes(),
+                    *(f.encode() + b"\0" + (REPO / f).read_bytes() for f in files)])
 
 
 def _dockerignore(path: Path) -> Callable[[str], bool]:

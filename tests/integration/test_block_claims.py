@@ -31,3 +31,29 @@ def test_a_block_whose_ipamblock_vanished_is_claimed_again(node):
     assert [a["address"] for a in node.allocations()] == [address]
     second = runtime.add("ctr-next", netns.path(node.new_pod()))["ips"][0]["address"]
     assert second.split("/")[0] != address and len(store.list("IPAMBlock")) == 1
+
+
+def test_a_node_registered_again_gets_its_claims_and_annotations_back(node):
+    """kubelet registers a deleted Node anew, bare: without weft's annotations no peer
+    routes to the node, and without its IPAMBlocks another node may take its addresses.
+    The change itself must bring both back (no periodic resync in this test)."""
+    node.start_agent("--resync-seconds", "3600")
+    store = LocalStore(node.datastore_path)
+    runtime = node.runtime()
+    runtime.add("ctr-kept", netns.path(node.new_pod()))
+
+    def annotations() -> dict:
+        found = store.get("Node", node.name) or {}
+        return {k: v for k, v in (found.get("metadata", {}).get("annotations") or {}).items()
+                if k.startswith("weft.dev/")}
+    assert eventually(lambda: len(annotations()) == 3, seconds=10)
+    published, (block,) = annotations(), store.list("IPAMBlock")
+
+    store.delete("Node", node.name)  # and, as the garbage collector would, its blocks
+    assert store.list("IPAMBlock") == []
+    store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name}})
+
+    assert eventually(lambda: annotations() == published, seconds=10), \
+        (node.root / "agent.log").read_text()
+    assert eventually(lambda: [b["spec"] for b in store.list("IPAMBlock")] == [block["spec"]],
+                      seconds=10)
