@@ -180,13 +180,16 @@ MACHINE_DIRS = (Path("/var/lib/weft"), Path("/etc/cni/net.d"), Path("/opt/cni/bi
 
 
 def _machine_files() -> dict[str, int]:
-    """What the machine's own weft and CNI directories hold (path -> mtime)."""
+    """What weft could have put in the machine's own directories (path -> mtime):
+    anything in /var/lib/weft, anything named for weft in the CNI directories (podman
+    keeps its own lock and network there)."""
     found = {}
     for directory in MACHINE_DIRS:
         if directory.exists():
             found[str(directory)] = 0
             for path in directory.rglob("*"):
-                found[str(path)] = path.lstat().st_mtime_ns
+                if directory.name == "weft" or "weft" in path.name:
+                    found[str(path)] = path.lstat().st_mtime_ns
     return found
 
 
