@@ -71,10 +71,14 @@ class NodeAgent:
         self._wake = threading.Event()
         self._applied_nat: dict | None = None
         self._published_tunnel: tuple[str, str] | None = None
+        self._revision_at_start = ""
 
     # -- start ------------------------------------------------------------------
 
     def start(self) -> None:
+        # What the datastore held before the first reconcile: a change made while that
+        # reconcile runs, before the watcher starts, still wakes the agent.
+        self._revision_at_start = self.store.revision(WATCHED)
         self.underlay = discover(self.ipr, self.config.underlay_interface, self.config.node_ip)
         u = self.underlay
         self.local = Local(self.config.node_name, u.address, u.prefixlen, u.device)
@@ -306,7 +310,7 @@ class NodeAgent:
         self._wake.set()
 
     def _watch_store(self, stop: threading.Event) -> None:
-        seen = self.store.revision(WATCHED)
+        seen = self._revision_at_start
         while not stop.wait(0.2):
             try:
                 now = self.store.revision(WATCHED)
