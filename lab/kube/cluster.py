@@ -21,6 +21,7 @@ from weft.lab.build import LabError
 from weft.lab.kube import addons, controlplane, images, layout, node, teardown
 from weft.lab.kube.images import archive_names
 from weft.lab.kube.layout import KubeLayout
+from weft.lab.kube.pki import ClusterPKI
 from weft.lab.state import LabState
 
 Progress = Callable[[str], None]
@@ -46,7 +47,7 @@ def check_inputs(bin_dir: Path) -> None:
     if missing:
         raise LabError(f"{bin_dir} lacks {', '.join(missing)}: build them with "
                        "'weft lab build-kubernetes', or give --kube-bin-dir")
-    if not archive_names(bin_dir.parent):
+    if not archive_names(images_dir(bin_dir)):
         raise LabError(f"no image archives in {images_dir(bin_dir)}: "
                        "run 'weft lab build-kubernetes'")
 
@@ -125,26 +126,29 @@ def _start_control_plane(state: LabState, kube: KubeLayout, plan: topology.LabPl
     controlplane.make_pki(kube, plan)
     (kube.disk_dir / "etcd").mkdir(parents=True, mode=0o700, exist_ok=True)
     progress("starting etcd and kube-apiserver")
-    for component, command in (("etcd", controlplane.etcd_command(kube)),
-                               ("kube-apiserver", controlplane.api_server_command(kube, plan))):
-        state.processes[component] = build.spawn(
-            [*netns.prefix_command(cp), *command], controlplane.log(kube, component))
-    state.save()
+    _spawn_control_plane(state, kube, {
+        "etcd": controlplane.etcd_command(kube),
+        "kube-apiserver": controlplane.api_server_command(kube, plan)})
     _wait(lambda: kubectl(kube, "get", "--raw", "/readyz", check=False).returncode == 0,
-          120, "kube-apiserver did not become ready", state, kube, "kube-apiserver")
+          120, "kube-apiserver did not become ready", kube, "kube-apiserver")
     progress("starting kube-controller-manager and kube-scheduler")
-    for component, command in (
-            ("kube-controller-manager", controlplane.controller_manager_command(kube)),
-            ("kube-scheduler", controlplane.scheduler_command(kube))):
+    _spawn_control_plane(state, kube, {
+        "kube-controller-manager": controlplane.controller_manager_command(kube),
+        "kube-scheduler": controlplane.scheduler_command(kube)})
+
+
+def _spawn_control_plane(state: LabState, kube: KubeLayout,
+                         commands: dict[str, list[str]]) -> None:
+    """Start components in the control plane's namespace, each logging to its own file."""
+    for component, command in commands.items():
         state.processes[component] = build.spawn(
-            [*netns.prefix_command(cp), *command], controlplane.log(kube, component))
+            [*netns.prefix_command(kube.control_plane), *command],
+            controlplane.log(kube, component))
     state.save()
 
 
 def _start_nodes(state: LabState, kube: KubeLayout, plan: topology.LabPlan,
                  progress: Progress) -> None:
-    from weft.lab.kube.pki import ClusterPKI
-
     pki = ClusterPKI(kube.pki_dir)
     for plan_node in plan.nodes:
         progress(f"{plan_node.name}: root filesystem and containerd")
@@ -166,9 +170,9 @@ def _start_nodes(state: LabState, kube: KubeLayout, plan: topology.LabPlan,
     for plan_node in plan.nodes:
         holder = state.processes[f"root-{plan_node.name}"]
         _wait(lambda h=holder: node.in_root(h, node.CONTAINERD_SOCKET).exists(), 60,
-              f"containerd on {plan_node.name} did not start", state, kube,
+              f"containerd on {plan_node.name} did not start", kube,
               f"{plan_node.name}-containerd")
-    archives = archive_names(kube.images_dir.parent)
+    archives = archive_names(kube.images_dir)
     progress(f"importing {len(archives)} images into every node's containerd")
     with ThreadPoolExecutor(len(plan.nodes)) as pool:
         list(pool.map(lambda n: _import_images(kube, state.processes[f"root-{n.name}"],
@@ -208,7 +212,7 @@ def _install(state: LabState, kube: KubeLayout, plan: topology.LabPlan,
     progress(f"waiting for {len(names)} Nodes to register")
     _wait(lambda: set(names) <= {n["metadata"]["name"] for n in
                                  kubectl_json(kube, "get", "nodes")["items"]},
-          120, "not every kubelet registered its Node", state, kube, f"{names[0]}-kubelet")
+          120, "not every kubelet registered its Node", kube, f"{names[0]}-kubelet")
     state.observed["ready_before_weft"] = sorted(
         n for n, ready in node_readiness(kube).items() if ready)
     state.save()
@@ -251,8 +255,8 @@ def node_readiness(kube: KubeLayout) -> dict[str, bool]:
             for n in nodes}
 
 
-def _wait(condition: Callable[[], bool], timeout: float, failure: str, state: LabState,
-          kube: KubeLayout, log: str) -> None:
+def _wait(condition: Callable[[], bool], timeout: float, failure: str, kube: KubeLayout,
+          log: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import netaddr
+
 from weft.lab import topology
 from weft.lab.kube import layout
 from weft.lab.kube.layout import KubeLayout
@@ -38,8 +40,6 @@ def node_identity(node: str) -> Identity:
 
 
 def _first_service_ip() -> str:
-    import netaddr
-
     return str(netaddr.IPNetwork(layout.SERVICE_CIDR)[1])
 
 

@@ -49,7 +49,7 @@ def command(state: LabState, focus: str, skip: str, procs: int, out: Path) -> li
 
 
 def run(state: LabState, focus: str, skip: str, procs: int) -> int:
-    """Run the suite; returns its exit code. Every line goes to the terminal and the log."""
+    """Run the suite; returns its exit code. What it prints goes to the terminal and the log."""
     out = report_dir(state)
     out.mkdir(parents=True)
     env = {**os.environ, "KUBERNETES_CONFORMANCE_TEST": "y"}

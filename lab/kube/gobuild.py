@@ -115,9 +115,10 @@ def build(component: Component, bin_dir: Path, work: Path, env: dict[str, str],
     """Build the component's binaries into bin_dir; returns the names it built."""
     wrapper = wrapper_dir(component, work, env, progress)
     stamps = _stamps(bin_dir)
+    go = go_version(env)
     built = []
     for name, command in _commands(component, bin_dir, ldflags).items():
-        key = _key(component, wrapper, go_version(env), ldflags, command[-1])
+        key = _key(component, wrapper, go, ldflags, command[-1])
         target = bin_dir / name
         if target.exists() and stamps.get(name) == key:
             continue

@@ -103,8 +103,8 @@ def build_all(cache: Path, version_dir: Path, k8s_source: Path,
     return [name for name in built if name]
 
 
-def archive_names(version_dir: Path) -> list[Path]:
-    return sorted((version_dir / "images").glob("*.tar"))
+def archive_names(images: Path) -> list[Path]:
+    return sorted(images.glob("*.tar"))
 
 
 def _debian_base(podman: Podman, cache: Path, progress: Progress) -> None:
@@ -124,7 +124,7 @@ def _debian_base(podman: Podman, cache: Path, progress: Progress) -> None:
 
 def _pause(podman: Podman, images: Path, k8s_source: Path, progress: Progress) -> str:
     source = k8s_source / "build" / "pause" / "linux" / "pause.c"
-    key = _digest([source.read_bytes(), components.PAUSE_IMAGE.encode()])
+    key = _digest([source.read_bytes()])
 
     def prepare(context: Path) -> None:
         run_step(["gcc", "-Os", "-static", "-DVERSION=" + components.PAUSE_IMAGE.split(":")[1],
@@ -180,7 +180,7 @@ def _busybox(podman: Podman, images: Path, progress: Progress) -> str:
     """busybox with its applets, as upstream's image (FROM busybox) is: Debian's static
     busybox, the one the netns lab's podman pods run."""
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
-    key = _digest([busybox.read_bytes(), components.BUSYBOX_IMAGE.encode()])
+    key = _digest([busybox.read_bytes()])
 
     def prepare(context: Path) -> None:
         root = busybox_rootfs(context / "rootfs")
@@ -254,8 +254,10 @@ def _from_binaries(podman: Podman, images: Path, name: str, tag: str, containerf
 
 def _image(podman: Podman, images: Path, name: str, tag: str, key: str, containerfile: str,
            prepare: Callable[[Path], None], progress: Progress) -> str:
-    """Build and save one image unless its archive is fresh; returns what it built."""
+    """Build and save one image unless its archive is fresh; returns what it built. The
+    key of its inputs is the image's with its tag."""
     archive = images / f"{name}.tar"
+    key = _digest([key.encode(), tag.encode()])
     if _fresh(archive, key):
         return ""
     with tempfile.TemporaryDirectory(dir=images.parent) as work:

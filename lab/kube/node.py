@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -32,7 +33,7 @@ CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer"
                       "pids", "systemd", "hugetlb", "net_cls", "perf_event")
 
 
-def containerd_config(kube: KubeLayout) -> str:
+def containerd_config() -> str:
     runc = shutil.which("runc") or "/usr/sbin/runc"
     return f"""version = 3
 root = "/var/lib/containerd"
@@ -64,7 +65,7 @@ state = "/run/containerd"
 """
 
 
-def kubelet_config(kube: KubeLayout, node: str) -> dict:
+def kubelet_config(node: str) -> dict:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         # This machine's cgroups are v1 (hybrid): kubelet 1.35+ refuses them by default.
@@ -116,11 +117,11 @@ def prepare(kube: KubeLayout, plan: topology.LabPlan, node: topology.NodePlan,
         f"{node.address}\t{node.name}\n{cp}\t{layout.CONTROL_PLANE_HOST} "
         f"{plan.name}-control-plane\n")
     (etc / "hostname").write_text(f"{node.name}\n")
-    (etc / "containerd" / "config.toml").write_text(containerd_config(kube))
+    (etc / "containerd" / "config.toml").write_text(containerd_config())
     kubelet_dir = data / "var" / "lib" / "kubelet"
     kubelet_dir.mkdir(parents=True, exist_ok=True)
     (kubelet_dir / "config.yaml").write_text(
-        yaml.safe_dump(kubelet_config(kube, node.name), sort_keys=False))
+        yaml.safe_dump(kubelet_config(node.name), sort_keys=False))
     # The reference plugins a node image ships (portmap, loopback, ...).
     plugins = data / "opt" / "cni" / "bin"
     plugins.mkdir(parents=True, exist_ok=True)
@@ -173,14 +174,18 @@ def environment(kube: KubeLayout) -> dict[str, str]:
     return {**os.environ, "PATH": f"{kube.bin_dir}:{os.environ.get('PATH', '')}"}
 
 
-def make_cgroup_root(cgroup: str) -> None:
+def _hierarchies(cgroup: str) -> Iterator[tuple[Path, Path]]:
+    """(hierarchy, the cgroup in it) for each v1 hierarchy this machine mounts."""
     for controller in CGROUP_CONTROLLERS:
         hierarchy = layout.CGROUP_ROOT / controller
-        if not hierarchy.is_dir():
-            continue
-        target = hierarchy / cgroup.lstrip("/")
+        if hierarchy.is_dir():
+            yield hierarchy, hierarchy / cgroup.lstrip("/")
+
+
+def make_cgroup_root(cgroup: str) -> None:
+    for hierarchy, target in _hierarchies(cgroup):
         target.mkdir(exist_ok=True)
-        if controller == "cpuset":
+        if hierarchy.name == "cpuset":
             # A new v1 cpuset has no CPUs and no memory nodes until it is given its parent's.
             for key in ("cpuset.cpus", "cpuset.mems"):
                 (target / key).write_text((hierarchy / key).read_text())
@@ -189,8 +194,7 @@ def make_cgroup_root(cgroup: str) -> None:
 def cgroup_processes(cgroup: str) -> set[int]:
     """Every process under the node's cgroup root (its pods' containers)."""
     pids: set[int] = set()
-    for controller in CGROUP_CONTROLLERS:
-        top = layout.CGROUP_ROOT / controller / cgroup.lstrip("/")
+    for _, top in _hierarchies(cgroup):
         if not top.is_dir():
             continue
         for procs in top.rglob("cgroup.procs"):
@@ -202,8 +206,7 @@ def cgroup_processes(cgroup: str) -> set[int]:
 def remove_cgroup_root(cgroup: str, timeout: float = 10) -> list[str]:
     """Remove the node's cgroups, deepest first; returns the ones still busy."""
     left = []
-    for controller in CGROUP_CONTROLLERS:
-        top = layout.CGROUP_ROOT / controller / cgroup.lstrip("/")
+    for _, top in _hierarchies(cgroup):
         if not top.is_dir():
             continue
         below = sorted((p for p in top.rglob("*") if p.is_dir()),
