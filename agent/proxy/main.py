@@ -72,7 +72,7 @@ def run(store: Datastore, node: str, given_cidr: str, health_address: str,
                     last_full = time.monotonic()
                 stats.sync_seconds.labels("full" if result.full else "partial").observe(
                     result.seconds)
-                stats.service_ports.set(len(proxy.ports))
+                stats.service_ports.set(result.service_ports)
                 stats.rules.labels("all").set(result.rules)
                 ready.set()
             except Exception:

@@ -61,8 +61,6 @@ def service_ports(services: Iterable[Mapping], slices: Iterable[Mapping]) -> lis
     ports = []
     for svc in services:
         meta = svc.get("metadata") or {}
-        if any(label in (meta.get("labels") or {}) for label in NOT_OURS_LABELS):
-            continue
         ports += ports_of(svc, by_service.get((meta.get("namespace") or "default",
                                                meta.get("name")), []))
     return ports
@@ -72,16 +70,27 @@ def group_slices(slices: Iterable[Mapping]) -> dict[tuple[str, str], list[Mappin
     """EndpointSlices by the (namespace, name) of the Service they belong to."""
     by_service: dict[tuple[str, str], list[Mapping]] = {}
     for s in slices:
-        meta = s.get("metadata") or {}
-        owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if owner and s.get("addressType", "IPv4") == "IPv4":
-            by_service.setdefault((meta.get("namespace") or "default", owner), []).append(s)
+        owner = owner_of(s)
+        if owner:
+            by_service.setdefault(owner, []).append(s)
     return by_service
 
 
+def owner_of(endpoint_slice: Mapping) -> tuple[str, str] | None:
+    """The (namespace, name) of the Service an IPv4 EndpointSlice belongs to."""
+    meta = endpoint_slice.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    if not owner or endpoint_slice.get("addressType", "IPv4") != "IPv4":
+        return None
+    return meta.get("namespace") or "default", owner
+
+
 def ports_of(svc: Mapping, slices_of: list[Mapping]) -> list[ServicePort]:
-    """One Service's ports, with their endpoints from the Service's slices."""
+    """One Service's ports, with their endpoints from the Service's slices; none for a
+    Service labelled for another proxy."""
     meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+    if any(label in (meta.get("labels") or {}) for label in NOT_OURS_LABELS):
+        return []
     cluster_ip = spec.get("clusterIP")
     if not cluster_ip or cluster_ip == "None" or spec.get("type") == "ExternalName":
         return []

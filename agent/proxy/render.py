@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from weft.agent.iptables import Jump
@@ -59,6 +60,10 @@ class PortRules:
     nodeports: list[str] = field(default_factory=list)  # nat WEFT-NODEPORTS
     rejects: list[str] = field(default_factory=list)  # filter WEFT-SERVICES
     external_rejects: list[str] = field(default_factory=list)  # filter WEFT-EXTERNAL-SERVICES
+
+    def shared(self) -> tuple[list[str], ...]:
+        """Its lines in the shared chains: only when these change are those written."""
+        return self.services, self.nodeports, self.rejects, self.external_rejects
 
 
 def render_port(sp: ServicePort, node: str, cluster_cidr: str) -> PortRules:
@@ -134,19 +139,25 @@ def _pick(chain: str, seps: list[str], affinity_seconds: int) -> list[str]:
     return rules
 
 
-def assemble(parts: list[PortRules]) -> dict[str, dict[str, list[str]]]:
-    """{table: {chain: rules}} of every chain the proxy owns."""
-    nat: dict[str, list[str]] = {
-        SERVICES: [], NODEPORTS: [],
-        MARK_MASQ: [f"-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}"]}
-    filter_: dict[str, list[str]] = {SERVICES: [], EXTERNAL_SERVICES: []}
+def shared_chains(parts: Iterable[PortRules]) -> dict[tuple[str, str], list[str]]:
+    """{(table, chain): rules} of the chains every service port adds lines to, and
+    WEFT-MARK-MASQ."""
+    lines: tuple[list[str], ...] = ([], [], [], [])
     for part in parts:
-        nat[SERVICES].extend(part.services)
-        nat[NODEPORTS].extend(part.nodeports)
-        filter_[SERVICES].extend(part.rejects)
-        filter_[EXTERNAL_SERVICES].extend(part.external_rejects)
-        for (table, chain), rules in part.chains.items():
-            (nat if table == "nat" else filter_)[chain] = rules
-    nat[SERVICES].append(f"-A {SERVICES} -m addrtype --dst-type LOCAL -m comment --comment "
-                         f'"weft node ports; must be last" -j {NODEPORTS}')
-    return {"nat": nat, "filter": filter_}
+        for into, more in zip(lines, part.shared(), strict=True):
+            into += more
+    services, nodeports, rejects, external_rejects = lines
+    services.append(f"-A {SERVICES} -m addrtype --dst-type LOCAL -m comment --comment "
+                    f'"weft node ports; must be last" -j {NODEPORTS}')
+    return {("nat", SERVICES): services, ("nat", NODEPORTS): nodeports,
+            ("nat", MARK_MASQ): [f"-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}"],
+            ("filter", SERVICES): rejects, ("filter", EXTERNAL_SERVICES): external_rejects}
+
+
+def assemble(parts: Sequence[PortRules]) -> dict[str, dict[str, list[str]]]:
+    """{table: {chain: rules}} of every chain the proxy owns."""
+    out: dict[str, dict[str, list[str]]] = {"nat": {}, "filter": {}}
+    for part in (shared_chains(parts), *(p.chains for p in parts)):
+        for (table, chain), rules in part.items():
+            out[table][chain] = rules
+    return out
