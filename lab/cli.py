@@ -12,6 +12,7 @@ from pathlib import Path
 
 from weft.ipam.pools import VXLAN_MODES
 from weft.lab import build, matrix, status, topology
+from weft.lab.kind import build as kind_build
 from weft.lab.kube import addons as kube_addons
 from weft.lab.kube import artifacts, cluster, components, gobuild
 from weft.lab.kube import e2e as kube_e2e
@@ -56,6 +57,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kb.add_argument("--kubernetes-version", default=components.KUBERNETES_VERSION,
                     help=f"a Kubernetes release (default: {components.KUBERNETES_VERSION})")
     kb.set_defaults(func=_build_kubernetes)
+    ki = lab_sub.add_parser("build-kind-image",
+                            help="build a kind node image of the same Kubernetes, without pulling")
+    ki.add_argument("--kubernetes-version", default=components.KUBERNETES_VERSION,
+                    help=f"a Kubernetes release (default: {components.KUBERNETES_VERSION})")
+    ki.set_defaults(func=_build_kind_image)
     command("kubeconfig", _kubeconfig, "print the path of a Kubernetes lab's admin kubeconfig")
     kubectl_cmd = command("kubectl", _kubectl,
                           "run kubectl against a Kubernetes lab: weft lab kubectl -- ARGS")
@@ -146,6 +152,14 @@ def _build_kubernetes(args: argparse.Namespace) -> int:
           f"into {kube_layout.CACHE}")
     with _lab_errors():
         artifacts.build(args.kubernetes_version, _progress)
+    return 0
+
+
+def _build_kind_image(args: argparse.Namespace) -> int:
+    print(f"building a kind node image of Kubernetes {args.kubernetes_version} "
+          f"into {kube_layout.CACHE}")
+    with _lab_errors():
+        print(kind_build.build(args.kubernetes_version, _progress))
     return 0
 
 

@@ -34,6 +34,10 @@ def kubernetes(version: str) -> Component:
         "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
         "kubelet": "k8s.io/kubernetes/cmd/kubelet",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        # What a kind node runs besides kubelet: kind's kubeadm makes the control plane,
+        # and kube-proxy runs when the kind config says kubeProxyMode: iptables.
+        "kubeadm": "k8s.io/kubernetes/cmd/kubeadm",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         "agnhost": "k8s.io/kubernetes/test/images/agnhost",
         # At the version k8s.io/kubernetes pins, as upstream's e2e runs do.
         "ginkgo": "github.com/onsi/ginkgo/v2/ginkgo",
@@ -52,6 +56,14 @@ CRI_TOOLS = Component("cri-tools", "sigs.k8s.io/cri-tools", "v1.37.0",
                       {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"})
 COREDNS = Component("coredns", "github.com/coredns/coredns", "v1.15.0",
                     {"coredns": "github.com/coredns/coredns"})
+# kind's CLI, and the node files its node image carries (images/base in its module).
+KIND = Component("kind", "sigs.k8s.io/kind", "v0.33.0", {"kind": "sigs.k8s.io/kind"})
+# The etcd and CoreDNS that kubeadm 1.37.2 deploys (`kubeadm config images list`), for
+# the kind node image only: older than the lab's own, so built apart from them.
+KIND_ETCD = Component("kind-etcd", "go.etcd.io/etcd/server/v3", "v3.7.0",
+                      {"etcd": "go.etcd.io/etcd/server/v3"})
+KIND_COREDNS = Component("kind-coredns", "github.com/coredns/coredns", "v1.14.6",
+                         {"coredns": "github.com/coredns/coredns"})
 
 # What upstream e2e of 1.37 runs (test/images/agnhost/VERSION), and the tag
 # manifests/examples/connectivity.yaml uses.
@@ -68,4 +80,4 @@ WEFT_IMAGE = "docker.io/library/weft:dev"
 
 
 def all_components(version: str) -> list[Component]:
-    return [kubernetes(version), ETCD, CONTAINERD, CRI_TOOLS, COREDNS]
+    return [kubernetes(version), ETCD, CONTAINERD, CRI_TOOLS, COREDNS, KIND]

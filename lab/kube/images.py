@@ -87,18 +87,16 @@ def build_all(cache: Path, version_dir: Path, k8s_source: Path,
     images = version_dir / "images"
     bin_dir = version_dir / "bin"
     images.mkdir(parents=True, exist_ok=True)
-    _debian_base(podman, cache, progress)
+    debian_base(podman, cache, progress)
     built = [
         _pause(podman, images, k8s_source, progress),
-        _from_binaries(podman, images, "coredns", components.COREDNS_IMAGE,
-                       "FROM scratch\nCOPY coredns /coredns\nEXPOSE 53 53/udp\n"
-                       'ENTRYPOINT ["/coredns"]\n', {"coredns": bin_dir / "coredns"},
-                       progress),
+        from_binaries(podman, images, "coredns", components.COREDNS_IMAGE, COREDNS,
+                      {"coredns": bin_dir / "coredns"}, progress),
         _agnhost(podman, images, bin_dir, k8s_source, progress),
         _busybox(podman, images, progress),
-        _from_binaries(podman, images, "nginx", components.NGINX_IMAGE, NGINX, {}, progress),
-        _from_binaries(podman, images, "glibc-dns-testing", components.GLIBC_DNS_IMAGE,
-                       GLIBC_DNS, {"coredns": bin_dir / "coredns"}, progress),
+        from_binaries(podman, images, "nginx", components.NGINX_IMAGE, NGINX, {}, progress),
+        from_binaries(podman, images, "glibc-dns-testing", components.GLIBC_DNS_IMAGE,
+                      GLIBC_DNS, {"coredns": bin_dir / "coredns"}, progress),
         _weft(podman, images, progress)]
     return [name for name in built if name]
 
@@ -107,7 +105,7 @@ def archive_names(images: Path) -> list[Path]:
     return sorted(images.glob("*.tar"))
 
 
-def _debian_base(podman: Podman, cache: Path, progress: Progress) -> None:
+def debian_base(podman: Podman, cache: Path, progress: Progress) -> None:
     """A minimal Debian 12 made with debootstrap, imported as the base the Dockerfile
     names (debian:bookworm-slim), since no registry can be reached."""
     if podman("image", "exists", DEBIAN_BASE, check=False).returncode == 0:
@@ -132,9 +130,9 @@ def _pause(podman: Podman, images: Path, k8s_source: Path, progress: Progress) -
                  "compiling pause", progress)
         subprocess.run(["strip", str(context / "pause")], check=True)
 
-    return _image(podman, images, "pause", components.PAUSE_IMAGE, key,
-           "FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT [\"/pause\"]\n",
-           prepare, progress)
+    return build_image(podman, images, "pause", components.PAUSE_IMAGE, key,
+                       "FROM scratch\nCOPY pause /pause\nUSER 65535:65535\n"
+                       'ENTRYPOINT ["/pause"]\n', prepare, progress)
 
 
 def _agnhost(podman: Podman, images: Path, bin_dir: Path, k8s_source: Path,
@@ -154,8 +152,12 @@ def _agnhost(podman: Podman, images: Path, bin_dir: Path, k8s_source: Path,
         "RUN ln -s agnhost /agnhost-2\n"
         "EXPOSE 80 8080 8081 9376 5000\n"
         'ENTRYPOINT ["/agnhost"]\nCMD ["pause"]\n')
-    return _from_binaries(podman, images, "agnhost", components.AGNHOST_IMAGE, containerfile,
-                          files, progress)
+    return from_binaries(podman, images, "agnhost", components.AGNHOST_IMAGE, containerfile,
+                         files, progress)
+
+
+# CoreDNS's own image: the binary alone.
+COREDNS = 'FROM scratch\nCOPY coredns /coredns\nEXPOSE 53 53/udp\nENTRYPOINT ["/coredns"]\n'
 
 
 # nginx from Debian on the same base, serving its welcome page on port 80 as the
@@ -191,8 +193,8 @@ def _busybox(podman: Podman, images: Path, progress: Progress) -> str:
             if not link.exists() and not link.is_symlink():
                 link.symlink_to("busybox")
 
-    return _image(podman, images, "busybox", components.BUSYBOX_IMAGE, key,
-                  'FROM scratch\nCOPY rootfs/ /\nCMD ["sh"]\n', prepare, progress)
+    return build_image(podman, images, "busybox", components.BUSYBOX_IMAGE, key,
+                       'FROM scratch\nCOPY rootfs/ /\nCMD ["sh"]\n', prepare, progress)
 
 
 def _weft(podman: Podman, images: Path, progress: Progress) -> str:
@@ -241,19 +243,20 @@ def _dockerignore(path: Path) -> Callable[[str], bool]:
     return ignored
 
 
-def _from_binaries(podman: Podman, images: Path, name: str, tag: str, containerfile: str,
-                   files: dict[str, Path], progress: Progress) -> str:
+def from_binaries(podman: Podman, images: Path, name: str, tag: str, containerfile: str,
+                  files: dict[str, Path], progress: Progress) -> str:
     key = _digest([containerfile.encode(), *(p.read_bytes() for p in files.values())])
 
     def prepare(context: Path) -> None:
         for target, source in files.items():
+            (context / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, context / target)
 
-    return _image(podman, images, name, tag, key, containerfile, prepare, progress)
+    return build_image(podman, images, name, tag, key, containerfile, prepare, progress)
 
 
-def _image(podman: Podman, images: Path, name: str, tag: str, key: str, containerfile: str,
-           prepare: Callable[[Path], None], progress: Progress) -> str:
+def build_image(podman: Podman, images: Path, name: str, tag: str, key: str,
+                containerfile: str, prepare: Callable[[Path], None], progress: Progress) -> str:
     """Build and save one image unless its archive is fresh; returns what it built. The
     key of its inputs is the image's with its tag."""
     archive = images / f"{name}.tar"
