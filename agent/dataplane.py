@@ -13,9 +13,11 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weft.agent.routes import VXLAN_DEVICE, Desired, Diff, Fdb, Neighbour, Route
@@ -97,64 +99,91 @@ class LinuxDataplane:
             return ""  # gone since the route dump
 
     def apply(self, change: Diff) -> list[str]:
+        """Every step in batches over one socket (1,000 remote blocks are 3,000 steps:
+        one pyroute2 call each took ~1 ms, a batch takes a few µs a step)."""
         with self._lock:
-            errors: list[str] = []
-            index = {}
+            try:
+                vxlan = self.ipr.link("get", ifname=VXLAN_DEVICE)[0]["index"] if (
+                    change.add_neighbours or change.add_fdb or change.del_fdb or
+                    change.del_neighbours or any(r.kind == "vxlan" for r in change.add_routes)
+                ) else 0
+            except NetlinkError:
+                vxlan = 0
+            devices = {VXLAN_DEVICE: vxlan}
+            steps: list[tuple[str, nlmsg | None]] = []
 
-            def ifindex(name: str) -> int:
-                if name not in index:
-                    index[name] = self.ipr.link("get", ifname=name)[0]["index"]
-                return index[name]
+            def on_tunnel(what: str, build: Callable[[], nlmsg]) -> None:
+                steps.append((what, build() if vxlan else None))
 
-            steps = (
-                [(f"add neighbour {n.address} {n.mac}", lambda n=n: self.ipr.neigh(
-                    "replace", dst=n.address, lladdr=n.mac, ifindex=ifindex(VXLAN_DEVICE),
-                    state=NUD_PERMANENT)) for n in change.add_neighbours]
-                + [(f"add fdb {f.mac} dst {f.destination}", lambda f=f: self._replace_fdb(
-                    f, ifindex(VXLAN_DEVICE))) for f in change.add_fdb]
-                + [(f"add route {r.dst} ({r.kind})", lambda r=r: self._route("replace", r,
-                                                                             ifindex))
-                   for r in change.add_routes]
-                + [(f"delete route {r.dst}", lambda r=r: self._route("del", r, ifindex))
-                   for r in change.del_routes]
-                + [(f"delete fdb {f.mac}", lambda f=f: self.ipr.fdb(
-                    "del", ifindex=ifindex(VXLAN_DEVICE), lladdr=f.mac, dst=f.destination))
-                   for f in change.del_fdb]
-                + [(f"delete neighbour {n.address}", lambda n=n: self.ipr.neigh(
-                    "del", dst=n.address, lladdr=n.mac, ifindex=ifindex(VXLAN_DEVICE)))
-                   for n in change.del_neighbours]
-            )
-            for what, step in steps:
-                try:
-                    step()
-                except NetlinkError as err:
-                    if err.code in (errno.ENOENT, errno.ESRCH) and what.startswith("delete"):
-                        continue  # already gone
-                    errors.append(f"failed to {what}: {err}")
-                except IndexError:
-                    errors.append(f"failed to {what}: {VXLAN_DEVICE} or the underlay is missing")
+            for n in change.add_neighbours:
+                on_tunnel(f"add neighbour {n.address} {n.mac}", lambda n=n: rtnl.add_neighbour(
+                    vxlan, socket.AF_INET, n.address, n.mac, NUD_PERMANENT, rtnl.REPLACE))
+            for f in change.add_fdb:
+                on_tunnel(f"add fdb {f.mac} dst {f.destination}", lambda f=f: rtnl.add_fdb(
+                    vxlan, f.mac, f.destination, NUD_PERMANENT))
+            for r in change.add_routes:
+                steps.append((f"add route {r.dst} ({r.kind})", self._replace_route(r, devices)))
+            for r in change.del_routes:
+                steps.append((f"delete route {r.dst}", rtnl.del_route(
+                    socket.AF_INET, *_split(r.dst), PROTO, r.kind == "blackhole")))
+            for f in change.del_fdb:
+                on_tunnel(f"delete fdb {f.mac}", lambda f=f: rtnl.del_fdb(vxlan, f.mac,
+                                                                          f.destination))
+            for n in change.del_neighbours:
+                on_tunnel(f"delete neighbour {n.address}", lambda n=n: rtnl.del_neighbour(
+                    vxlan, socket.AF_INET, n.address))
+            with _dump_socket_beside(self.ipr) as nl:
+                errors, moved = self._send(nl, steps)
+                if moved:  # netlink cannot replace a VXLAN FDB entry: drop the old one
+                    again = [(what, message) for f in moved for what, message in (
+                        (f"add fdb {f.mac} dst {f.destination}", rtnl.del_fdb(vxlan, f.mac)),
+                        (f"add fdb {f.mac} dst {f.destination}", rtnl.add_fdb(
+                            vxlan, f.mac, f.destination, NUD_PERMANENT)))]
+                    errors += self._send(nl, again)[0]
             return errors
 
-    def _route(self, command: str, route: Route, ifindex) -> None:
-        if route.kind == "blackhole":
-            self.ipr.route(command, dst=route.dst, type="blackhole", proto=PROTO,
-                           table=MAIN_TABLE)
-        else:
-            self.ipr.route(command, dst=route.dst, gateway=route.gateway,
-                           oif=ifindex(route.device), proto=PROTO, table=MAIN_TABLE,
-                           flags=RTNH_F_ONLINK if route.kind == "vxlan" else 0)
+    @staticmethod
+    def _send(nl: Rtnl, steps: list[tuple[str, nlmsg | None]]) -> tuple[list[str], list[Fdb]]:
+        """Failures, one line a step (the rest still run), and the FDB entries that exist
+        with another destination."""
+        errors: list[str] = []
+        moved: list[Fdb] = []
+        ready = [(what, message) for what, message in steps if message]
+        for what, message in steps:
+            if not message:
+                errors.append(f"failed to {what}: {VXLAN_DEVICE} or the underlay is missing")
+        answers = nl.batches([message for _, message in ready])
+        for (what, message), answer in zip(ready, answers, strict=True):
+            if not isinstance(answer, NetlinkError):
+                continue
+            if answer.code in (errno.ENOENT, errno.ESRCH) and what.startswith("delete"):
+                continue  # already gone
+            if answer.code == errno.EEXIST and what.startswith("add fdb"):
+                attrs = dict(message["attrs"])
+                moved.append(Fdb(attrs["NDA_LLADDR"], attrs["NDA_DST"]))
+                continue
+            errors.append(f"failed to {what}: {answer}")
+        return errors, moved
 
-    def _replace_fdb(self, entry: Fdb, vxlan: int) -> None:
-        """netlink cannot replace a VXLAN FDB entry: drop the MAC's old one, then add."""
-        try:
-            self.ipr.fdb("add", ifindex=vxlan, lladdr=entry.mac, dst=entry.destination,
-                         state=NUD_PERMANENT)
-        except NetlinkError as err:
-            if err.code != errno.EEXIST:
-                raise
-            self.ipr.fdb("del", ifindex=vxlan, lladdr=entry.mac)
-            self.ipr.fdb("add", ifindex=vxlan, lladdr=entry.mac, dst=entry.destination,
-                         state=NUD_PERMANENT)
+    def _replace_route(self, route: Route, devices: dict[str, int]) -> nlmsg | None:
+        dst, prefixlen = _split(route.dst)
+        if route.kind == "blackhole":
+            return rtnl.replace_route(socket.AF_INET, dst, prefixlen, PROTO, blackhole=True)
+        if route.device not in devices:
+            try:
+                devices[route.device] = self.ipr.link("get", ifname=route.device)[0]["index"]
+            except NetlinkError:
+                devices[route.device] = 0
+        if not devices[route.device]:
+            return None
+        return rtnl.replace_route(socket.AF_INET, dst, prefixlen, PROTO,
+                                  oif=devices[route.device], gateway=route.gateway,
+                                  flags=RTNH_F_ONLINK if route.kind == "vxlan" else 0)
+
+
+def _split(cidr: str) -> tuple[str, int]:
+    address, _, prefixlen = cidr.partition("/")
+    return address, int(prefixlen)
 
 
 class FakeDataplane:

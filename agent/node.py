@@ -153,7 +153,7 @@ class NodeAgent:
         """Make routes, tunnel entries and NAT match the datastore; returns failures."""
         assert self.local is not None and self.underlay is not None
         started = time.monotonic()
-        pool_objects = self.store.list("IPPool")
+        pool_objects = self.store.cached("IPPool")
         pools, problems = pools_from_objects(pool_objects)
         for problem in problems:
             log.warning("ignoring a broken IPPool: %s", problem)
@@ -161,8 +161,8 @@ class NodeAgent:
             self.ipam.refresh_pools(pool_objects)  # the per-pod path reads this copy
         except CNIError as err:
             log.warning("could not refresh the node's copy of the pools: %s", err)
-        blocks = self.store.list("IPAMBlock")
-        nodes = self.store.list("Node")
+        blocks = self.store.cached("IPAMBlock")
+        nodes = self.store.cached("Node")
         peers = peers_from_nodes(nodes)
         peers.pop(self.local.name, None)
         if not self._annotations_on(nodes):
@@ -311,11 +311,12 @@ class NodeAgent:
 
     def _watch_store(self, stop: threading.Event) -> None:
         seen = self._revision_at_start
-        while not stop.wait(0.2):
+        while not stop.is_set():
             try:
-                now = self.store.revision(WATCHED)
+                now = self.store.wait(WATCHED, seen, timeout=1.0)
             except Exception:
-                log.exception("failed to read the datastore's revision")
+                log.exception("failed to watch the datastore")
+                stop.wait(1.0)
                 continue
             if now != seen:
                 seen = now

@@ -83,6 +83,14 @@ class Datastore(Protocol):
     def revision(self, kinds: Sequence[str]) -> str:
         """A token that changes whenever an object of `kinds` changes: the watch."""
 
+    def wait(self, kinds: Sequence[str], since: str, timeout: float) -> str:
+        """Block until `revision(kinds)` differs from `since`, or `timeout` seconds pass;
+        the revision then. Wakes at the change (no polling interval to wait out)."""
+
+    def cached(self, kind: str, namespace: str = "", node: str = "") -> list[Object]:
+        """`list` as the kind's watch last saw it: what a controller reconciles from,
+        without a request per pass. Read the objects, never change them."""
+
 
 def kind_of(obj: Object) -> Kind:
     """Look up an object's kind, or say which kinds weft understands."""

@@ -2,8 +2,9 @@
 
 Objects go in and out as the API server's own JSON (camelCase dicts), never as the
 client's typed models, so they are the same dicts the `local` store keeps as YAML.
-`revision` is served from list+watch threads (one per kind, started on first use)
-so that polling it is a dict lookup, not an API call.
+`revision`, `wait` and `cached` are served from list+watch threads (one per kind,
+started on first use) that keep every object of their kind, as client-go's informers
+do: a controller reconciles from memory and never lists the API server again.
 
 Imported only by `open_datastore`: the CNI fast path must never load the client.
 """
@@ -76,6 +77,7 @@ class KubernetesStore:
         self._resources = {name: _Resource(self.api, kind) for name, kind in KINDS.items()}
         self._watchers: dict[str, _Watcher] = {}
         self._watchers_lock = threading.Lock()
+        self._changed = threading.Condition()  # notified at every watcher's change
         # How long the first `revision` of a kind waits for its initial list, so that the
         # first token already stands for the current state.
         self.sync_timeout = 5.0
@@ -185,12 +187,34 @@ class KubernetesStore:
     def revision(self, kinds: Sequence[str]) -> str:
         """Each kind's change counter, kept by its watch thread. Never raises; only the call
         that starts a kind's watch blocks (up to `sync_timeout`, for the initial list)."""
+        return self._revision(self._synced_watchers(kinds))
+
+    def wait(self, kinds: Sequence[str], since: str, timeout: float) -> str:
+        watchers = self._synced_watchers(kinds)
+        with self._changed:
+            self._changed.wait_for(lambda: self._revision(watchers) != since, timeout)
+        return self._revision(watchers)
+
+    def cached(self, kind: str, namespace: str = "", node: str = "") -> list[Object]:
+        """From the kind's watch once it has listed; until then (the API server is away
+        at start) a list, which raises as `list` does."""
+        watcher = self._synced_watchers([kind])[0]
+        if not watcher.synced.is_set():
+            return self.list(kind, namespace, node)
+        return [obj for obj in watcher.objects()
+                if (not namespace or obj["metadata"].get("namespace") == namespace)
+                and (not node or (obj.get("spec") or {}).get("nodeName") == node)]
+
+    def _synced_watchers(self, kinds: Sequence[str]) -> list[_Watcher]:
         started = [self._watcher(kind) for kind in kinds]
         deadline = time.monotonic() + self.sync_timeout
         for watcher, new in started:
             if new:
                 watcher.synced.wait(max(0.0, deadline - time.monotonic()))
-        watchers = [watcher for watcher, _ in started]
+        return [watcher for watcher, _ in started]
+
+    @staticmethod
+    def _revision(watchers: Sequence[_Watcher]) -> str:
         return "|".join(f"{w.resource.kind.kind}:{w.generation}" for w in watchers)
 
     # -- beyond the protocol ------------------------------------------------
@@ -215,7 +239,8 @@ class KubernetesStore:
             watcher = self._watchers.get(kind)
             if watcher is not None:
                 return watcher, False
-            watcher = self._watchers[kind] = _Watcher(self._resources[kind])
+            watcher = self._watchers[kind] = _Watcher(self._resources[kind],
+                                                      self._changed)
             watcher.start()
             return watcher, True
 
@@ -338,18 +363,20 @@ class _Gone(Exception):
 class _Watcher(threading.Thread):
     """List, then watch from the list's resourceVersion, for ever: a minimal informer.
 
-    `generation` counts changes to the set of objects (keyed by namespace/name, compared
-    by resourceVersion, or by content where a server sends none). Replays, relists and
-    bookmarks that change nothing do not count, so a broken watch costs no spurious
-    reconcile.
+    It keeps every object of its kind. `generation` counts changes to them (keyed by
+    namespace/name, compared by resourceVersion, or by content where a server sends
+    none), and each change notifies `changed`. Replays, relists and bookmarks that
+    change nothing do not count, so a broken watch costs no spurious reconcile.
     """
 
-    def __init__(self, resource: _Resource) -> None:
+    def __init__(self, resource: _Resource, changed: threading.Condition) -> None:
         super().__init__(name=f"weft-watch-{resource.kind.plural}", daemon=True)
         self.resource = resource
         self.generation = 0
         self.synced = threading.Event()
-        self._seen: dict[tuple[str, str], str] = {}
+        self._changed = changed
+        self._objects: dict[tuple[str, str], tuple[str, Object]] = {}  # key: (fingerprint, obj)
+        self._objects_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watch: _RawWatch | None = None
 
@@ -390,13 +417,26 @@ class _Watcher(threading.Thread):
             self._stopping.wait(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
+    def objects(self) -> list[Object]:
+        """The kind's objects as last seen; shared with the watch: read, never change."""
+        with self._objects_lock:
+            return [obj for _, obj in self._objects.values()]
+
     def _relist(self) -> str:
         items, version = self.resource.list_all("")
-        seen = {_key(obj): _fingerprint(obj) for obj in items}
-        if seen != self._seen:
-            self._seen = seen
-            self.generation += 1
+        objects = {_key(obj): (_fingerprint(obj), obj) for obj in items}
+        with self._objects_lock:
+            changed = {k: f for k, (f, _) in objects.items()} != \
+                {k: f for k, (f, _) in self._objects.items()}
+            self._objects = objects
+        if changed:
+            self._bump()
         return version
+
+    def _bump(self) -> None:
+        with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
 
     def _follow(self, version: str) -> tuple[str, int]:
         """Watch until the server ends the stream; the last resourceVersion seen, and how
@@ -420,7 +460,7 @@ class _Watcher(threading.Thread):
                 obj = event.get("raw_object") or {}
                 version = (obj.get("metadata") or {}).get("resourceVersion") or version
                 if event.get("type") in ("ADDED", "MODIFIED"):
-                    self._seen_changed(_key(obj), _fingerprint(obj))
+                    self._seen_changed(_key(obj), self.resource.complete(obj))
                 elif event.get("type") == "DELETED":
                     self._seen_changed(_key(obj), None)
                 if self._stopping.is_set():
@@ -439,14 +479,16 @@ class _Watcher(threading.Thread):
                 raise _Gone from err
             raise
 
-    def _seen_changed(self, key: tuple[str, str], fingerprint: str | None) -> None:
-        if self._seen.get(key) == fingerprint:
+    def _seen_changed(self, key: tuple[str, str], obj: Object | None) -> None:
+        fingerprint = _fingerprint(obj) if obj is not None else None
+        if self._objects.get(key, (None,))[0] == fingerprint:
             return
-        if fingerprint is None:
-            del self._seen[key]
-        else:
-            self._seen[key] = fingerprint
-        self.generation += 1
+        with self._objects_lock:
+            if obj is None:
+                del self._objects[key]
+            else:
+                self._objects[key] = (fingerprint, obj)
+        self._bump()
 
 
 def _key(obj: Object) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from weft.ipam.local import LocalStore
 from weft.ipam.pools import Pool, parse_pool, start_index
 
 from ..kmock_api import ApiServer, Emulator
+from ..waiting import eventually
 
 
 @dataclass
@@ -237,6 +238,38 @@ def test_revision_changes_with_the_watched_kinds_and_only_then(backend: Backend)
     deleted = changed(store, kinds, claimed)
     assert len({start, created, replaced, claimed, deleted}) == 5
     assert_steady(store, kinds, deleted)
+
+
+def test_wait_returns_at_a_change_and_at_its_timeout_without_one(backend: Backend) -> None:
+    store = backend.store
+    kinds = ["Node"]
+    start = store.revision(kinds)
+    assert store.wait(kinds, start, timeout=0.3) == start  # nothing changed: the timeout
+    writer = threading.Timer(0.2, lambda: store.create(node("n1")))
+    writer.start()
+    try:
+        # Far longer than the write takes: returning at all before it means it woke.
+        woke = store.wait(kinds, start, timeout=30)
+    finally:
+        writer.join()
+    assert woke != start
+    assert woke == store.revision(kinds)
+
+
+def test_cached_lists_what_the_watch_saw(backend: Backend) -> None:
+    store = backend.store
+    store.create(node("n1", labels={"a": "1"}))
+    store.create(service("dns", "kube-system"))
+    store.create(service("web", "default"))
+    since = store.revision(["Node", "Service"])
+    store.apply(node("n1", labels={"a": "2"}))
+    store.delete("Service", "web", "default")
+    store.wait(["Node", "Service"], since, timeout=5)
+    assert eventually(lambda: [n["metadata"]["labels"] for n in store.cached("Node")]
+                      == [{"a": "2"}] and len(store.cached("Service")) == 1)
+    assert [s["metadata"]["name"] for s in store.cached("Service", "kube-system")] == ["dns"]
+    assert store.cached("Service", "default") == []
+    assert store.cached("Node")[0]["kind"] == "Node"  # complete, as list gives it
 
 
 def _same_start(pool: Pool) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 import pytest
 
+from weft.ipam import local
 from weft.ipam.datastore import AlreadyExists, DatastoreError
 from weft.ipam.local import LocalStore
 
@@ -52,3 +53,22 @@ def test_bad_objects_are_refused(tmp_path):
         store.apply({"kind": "Node", "metadata": {}})
     with pytest.raises(DatastoreError, match="not a valid object name"):
         store.apply({"kind": "Node", "metadata": {"name": "../etc"}})
+
+
+def test_a_file_is_parsed_once_and_read_again_when_it_changes(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path)
+    store.create({"kind": "Node", "metadata": {"name": "n1", "labels": {"a": "1"}}})
+    first = store.get("Node", "n1")
+    first["metadata"]["labels"]["a"] = "changed by the caller"  # a copy of its own
+    parses = []
+    real_load = local.yaml.load
+    monkeypatch.setattr(local.yaml, "load", lambda *a, **k: parses.append(1) or real_load(*a, **k))
+    assert store.get("Node", "n1")["metadata"]["labels"] == {"a": "1"}
+    assert parses == []
+    store.apply({"kind": "Node", "metadata": {"name": "n1", "labels": {"a": "2"}}})
+    assert store.list("Node")[0]["metadata"]["labels"] == {"a": "2"}
+    assert parses == [1]
+    # Another process's write (a new file renamed into place) is read too.
+    other = LocalStore(tmp_path)
+    other.apply({"kind": "Node", "metadata": {"name": "n1", "labels": {"a": "3"}}})
+    assert store.get("Node", "n1")["metadata"]["labels"] == {"a": "3"}
