@@ -37,6 +37,7 @@ from weft.agent.routes import (
     ANNOTATION_VTEP_IP,
     ANNOTATION_VTEP_MAC,
     VXLAN_DEVICE,
+    Desired,
     Local,
     desired,
     diff,
@@ -72,6 +73,11 @@ class NodeAgent:
         self._applied_nat: dict | None = None
         self._published_tunnel: tuple[str, str] | None = None
         self._revision_at_start = ""
+        # What the kernel holds of weft's after the last clean apply, and the count of
+        # kernel deletions seen then: dumping 1,000 routes, neighbours and FDB entries
+        # again on every change cost more than the change (full passes still dump).
+        self._kernel_deletions = 0
+        self._held: tuple[int, Desired] | None = None
 
     # -- start ------------------------------------------------------------------
 
@@ -170,8 +176,11 @@ class NodeAgent:
         if full or vxlan.index(self.ipr) is None or self._published_tunnel is None:
             self._ensure_tunnel()
         want = desired(self.local, blocks, peers, pools)
-        change = diff(want, self.dataplane.current())
+        deletions, held = self._kernel_deletions, self._held
+        fresh = full or held is None or held[0] != deletions
+        change = diff(want, self.dataplane.current() if fresh else held[1])
         errors = self.dataplane.apply(change) if change else []
+        self._held = None if errors else (deletions, want)
         if change:
             log.info("reconciled: +%d/-%d routes, +%d/-%d neighbours, +%d/-%d fdb",
                      len(change.add_routes), len(change.del_routes),
@@ -277,8 +286,8 @@ class NodeAgent:
         threading.Thread(target=self._watch_store, args=(stop,), name="watch-store",
                          daemon=True).start()
         # Someone deleted one of weft's routes, neighbours or its tunnel: put it back.
-        threading.Thread(target=kernel_watch.watch, args=(self.wake,), name="watch-kernel",
-                         daemon=True).start()
+        threading.Thread(target=kernel_watch.watch, args=(self._kernel_deletion,),
+                         name="watch-kernel", daemon=True).start()
         last_full = last_leak_check = time.monotonic()
         last_token = 0.0
         while not stop.is_set():
@@ -308,6 +317,10 @@ class NodeAgent:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _kernel_deletion(self) -> None:
+        self._kernel_deletions += 1
+        self.wake()
 
     def _watch_store(self, stop: threading.Event) -> None:
         seen = self._revision_at_start
