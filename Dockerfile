@@ -31,10 +31,11 @@ FROM debian:bookworm-slim
 # python3: the interpreter weft runs on and copies to the hosts (it links libpython in,
 # so the copy needs no libpython3.11.so beside it).
 # iptables: iptables-restore for the agent's NAT chains and the proxy's rules, with the
-# nft backend that current kind nodes use. iproute2 and conntrack: to look at a node.
+# nft backend that current kind nodes use. nftables: nft for the NetworkPolicy table.
+# iproute2 and conntrack: to look at a node.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
-        iptables iproute2 conntrack ca-certificates \
+        iptables nftables iproute2 conntrack ca-certificates \
  && update-alternatives --set iptables /usr/sbin/iptables-nft \
  && update-alternatives --set ip6tables /usr/sbin/ip6tables-nft \
  && rm -rf /var/lib/apt/lists/*

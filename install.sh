@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 # gcc and libc6-dev build the compiled CNI shim (weft.agent.native); without them the
 # CNI binaries fall back to the slower Python shim.
-packages=(iproute2 iptables conntrack util-linux iputils-ping busybox-static
+packages=(iproute2 iptables nftables conntrack util-linux iputils-ping busybox-static
           containernetworking-plugins iperf3 gcc libc6-dev curl)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then

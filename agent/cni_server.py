@@ -23,11 +23,13 @@ Runner = Callable[[Mapping[str, str], bytes], tuple[int, bytes]]
 Observer = Callable[[str, str, int, float], None]
 
 
-def default_runners() -> dict[str, Runner]:
+def default_runners(admit: Callable[[str, str, str], None] | None = None
+                    ) -> dict[str, Runner]:
+    """The plugins the socket serves; with `admit`, ADD runs NetworkPolicy admission."""
     from weft.cni import plugin
     from weft.ipam import plugin as ipam_plugin
 
-    return {"weft": plugin.run, "weft-ipam": ipam_plugin.run}
+    return {"weft": plugin.runner(admit) if admit else plugin.run, "weft-ipam": ipam_plugin.run}
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -7,7 +7,10 @@ listening socket (inherited and non-blocking, so the processes take turns)
 and runs the same runners under the same locks. It reports every request on
 a pipe, so the agent's metrics count it, and dies with the agent.
 
-    python -m weft.agent.cni_workers FD AGENT_PID    (started by the agent, never by hand)
+With NetworkPolicy on, a worker's ADD asks the agent to admit the pod's address over
+the agent's policy socket (weft.agent.policy.admission), as the agent's own ADDs do.
+
+    python -m weft.agent.cni_workers FD AGENT_PID [POLICY_SOCKET]   (started by the agent)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import threading
 import time
 
-from weft.agent.cni_server import CNIServer, Observer
+from weft.agent.cni_server import CNIServer, Observer, default_runners
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,13 @@ RESPAWN_SECONDS = 1.0
 class CNIWorkers:
     """`count` worker processes on the agent's listening socket, respawned when one dies."""
 
-    def __init__(self, listening: socket.socket, count: int, observe: Observer) -> None:
+    def __init__(self, listening: socket.socket, count: int, observe: Observer,
+                 policy_socket: str = "") -> None:
         listening.setblocking(False)  # shared by every process: a lost race is no wait
         self._fd = listening.fileno()
         self._count = count
         self._observe = observe
+        self._policy_socket = policy_socket
         self._stopping = threading.Event()
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
@@ -67,8 +72,10 @@ class CNIWorkers:
 
     def _run(self, number: int) -> None:
         while not self._stopping.is_set():
+            extra = [self._policy_socket] if self._policy_socket else []
             proc = subprocess.Popen([sys.executable, "-m", "weft.agent.cni_workers",
-                                     str(self._fd), str(os.getpid())], pass_fds=(self._fd,),
+                                     str(self._fd), str(os.getpid()), *extra],
+                                    pass_fds=(self._fd,),
                                     stdout=subprocess.PIPE)
             with self._lock:
                 self._procs.append(proc)
@@ -99,11 +106,17 @@ def _report(plugin: str, command: str, code: int, seconds: float) -> None:
     os.write(sys.stdout.fileno(), f"{plugin} {command or '-'} {code} {seconds:.6f}\n".encode())
 
 
-def serve(fd: int, agent: int) -> None:
+def serve(fd: int, agent: int, policy_socket: str = "") -> None:
     """A worker's life: serve until SIGTERM, then finish the requests in hand."""
     _die_with(agent)
     listening = socket.socket(fileno=fd)
-    server = CNIServer(listening.getsockname(), observe=_report, listening=listening)
+    admit = None
+    if policy_socket:
+        from weft.agent.policy import admission
+
+        admit = admission.client(policy_socket)
+    server = CNIServer(listening.getsockname(), default_runners(admit), observe=_report,
+                       listening=listening)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -115,4 +128,4 @@ def serve(fd: int, agent: int) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:4])

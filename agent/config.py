@@ -30,6 +30,7 @@ class AgentConfig:
     leak_check_seconds: float = 300.0
     cni_kubeconfig: str = ""
     cni_workers: int = 2
+    network_policy: bool = True
 
     @property
     def datastore_location(self) -> str:
@@ -55,6 +56,7 @@ class AgentConfig:
             leak_check_seconds=args.leak_check_seconds,
             cni_kubeconfig=args.cni_kubeconfig,
             cni_workers=args.cni_workers,
+            network_policy=args.network_policy == "on",
         )
 
 
@@ -93,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=env("WEFT_CNI_WORKERS", "2"),  # a string: argparse checks it
                         help="processes that serve the CNI socket beside the agent, so pods "
                              "are plumbed on that many more cores; 0 for none")
+    parser.add_argument("--network-policy", choices=("on", "off"),
+                        default=env("WEFT_NETWORK_POLICY", "on"),
+                        help="enforce NetworkPolicy for this node's pods in nftables "
+                             "(env WEFT_NETWORK_POLICY)")
     parser.add_argument("--resync-seconds", type=float,
                         default=float(env("WEFT_RESYNC_SECONDS", "10")),
                         help="full reconcile interval, besides reacting to changes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,9 @@ from weft.agent.dataplane import PROTO
 from weft.agent.install import CONFLIST_NAME
 from weft.agent.iptables import Iptables
 from weft.agent.node import NodeAgent
+from weft.agent.policy import admission, enforcer
+from weft.agent.policy.admission import AdmissionServer
+from weft.agent.policy.render import FAMILY, TABLE
 from weft.agent.proxy import proxier
 from weft.agent.routes import VXLAN_DEVICE
 from weft.ipam.plugin import datastore
@@ -25,6 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def run(config: AgentConfig) -> int:
+    if config.network_policy and shutil.which("nft") is None:
+        log.error("NetworkPolicy needs nft, which is not installed: install nftables "
+                  "(Debian: apt-get install nftables), or run with --network-policy off")
+        return 1
     store = datastore(config.datastore, config.datastore_location)
     agent = NodeAgent(config, store)
     stop = threading.Event()
@@ -36,6 +44,11 @@ def run(config: AgentConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     agent.start()
+    policy_socket = ""
+    if agent.enforcer is not None:
+        agent.enforcer.sync(full=True)  # the table exists before any pod is added
+        policy_socket = admission.socket_path(config.socket)
+        AdmissionServer(policy_socket, agent.enforcer.admit).start()
     server = CNIServer(config.socket, agent.cni_runners(), agent.metrics.observe_cni)
     server.start()
     http = metrics.serve(config.health_address, agent.metrics.registry, lambda: agent.ready)
@@ -43,7 +56,8 @@ def run(config: AgentConfig) -> int:
     if errors:
         log.warning("first reconcile had %d failures; retrying", len(errors))
     agent.become_ready()
-    workers = CNIWorkers(server.socket, config.cni_workers, agent.metrics.observe_cni)
+    workers = CNIWorkers(server.socket, config.cni_workers, agent.metrics.observe_cni,
+                         policy_socket)
     workers.start()
     log.info("weft agent ready on node %s", config.node_name)
     agent.run(stop)
@@ -56,7 +70,8 @@ def run(config: AgentConfig) -> int:
 
 def cleanup(config: AgentConfig) -> int:
     """Remove what weft made on this node: routes, the tunnel, every weft iptables chain
-    (the service proxy's too: stop it first), and the CNI config if it wrote one."""
+    (the service proxy's too: stop it first), its nftables table, and the CNI config if
+    it wrote one."""
     with IPRoute() as ipr:
         routes = ipr.get_routes(proto=PROTO, table=254)
         for route in routes:
@@ -69,6 +84,8 @@ def cleanup(config: AgentConfig) -> int:
     proxier.remove(iptables)  # the service proxy's chains come out first: they use the mark
     nat.remove(iptables)
     print(f"removed the service proxy's chains, {nat.NAT_CHAIN} and {nat.FORWARD_CHAIN}")
+    if enforcer.remove():
+        print(f"removed the nftables table {FAMILY} {TABLE}")
     if config.cni_conf_dir:
         path = Path(config.cni_conf_dir) / CONFLIST_NAME
         if path.exists():

@@ -38,6 +38,16 @@ class Metrics:
                                   "them: the periodic resync or a change", ["trigger"],
                                   registry=self.registry)
 
+        self.policy_sync_seconds = Histogram(
+            "weft_policy_sync_duration_seconds", "Time of one NetworkPolicy sync: model, "
+            "nftables transaction, conntrack", registry=self.registry,
+            buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.policies = Gauge("weft_network_policies", "NetworkPolicies in the cluster",
+                              registry=self.registry)
+        self.policy_selected_pods = Gauge("weft_policy_selected_pods", "This node's pods "
+                                          "isolated by some policy", ["direction"],
+                                          registry=self.registry)
+
     def observe_cni(self, plugin: str, command: str, code: int, seconds: float) -> None:
         self.cni_requests.labels(plugin, command, "ok" if code == 0 else "error").inc()
         self.cni_latency.labels(command).observe(seconds)

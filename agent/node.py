@@ -32,6 +32,10 @@ from weft.agent.install import (
 )
 from weft.agent.iptables import Applier, Iptables
 from weft.agent.metrics import Metrics
+from weft.agent.policy.counters import DeniedPackets
+from weft.agent.policy.enforcer import Enforcer
+from weft.agent.policy.model import EGRESS, INGRESS, Cluster
+from weft.agent.policy.render import Rendered
 from weft.agent.routes import (
     ANNOTATION_NODE_IP,
     ANNOTATION_VTEP_IP,
@@ -78,6 +82,11 @@ class NodeAgent:
         # again on every change cost more than the change (full passes still dump).
         self._kernel_deletions = 0
         self._held: tuple[int, Desired] | None = None
+        self.enforcer: Enforcer | None = None
+        if config.network_policy:
+            self.enforcer = Enforcer(store, self._pod_addresses, observe=self._observe_policy)
+            self.metrics.registry.register(DeniedPackets(
+                lambda: self.enforcer.rendered.pods if self.enforcer.rendered else {}))
 
     # -- start ------------------------------------------------------------------
 
@@ -202,6 +211,19 @@ class NodeAgent:
         self._record(want, own, errors, time.monotonic() - started)
         return errors
 
+    def _pod_addresses(self) -> dict[str, str]:
+        """namespace/name -> IPv4 address of every pod IPAM holds an address for here."""
+        return {f"{a.namespace or 'default'}/{a.pod}": a.address
+                for b in self.ipam.blocks() for a in b.allocations.values()
+                if a.is_pod and a.pod and ":" not in a.address}
+
+    def _observe_policy(self, seconds: float, rendered: Rendered, cluster: Cluster) -> None:
+        self.metrics.policy_sync_seconds.observe(seconds)
+        self.metrics.policies.set(len(cluster.policies))
+        for direction in (INGRESS, EGRESS):
+            self.metrics.policy_selected_pods.labels(direction).set(
+                sum(1 for (_, d), g in rendered.grants.items() if d == direction and g is not None))
+
     def _annotations_on(self, nodes: list[dict]) -> bool:
         """Whether this node's Node carries what the agent last published (a Node that
         kubelet registers again after a deletion comes without weft's annotations, and
@@ -288,6 +310,9 @@ class NodeAgent:
         # Someone deleted one of weft's routes, neighbours or its tunnel: put it back.
         threading.Thread(target=kernel_watch.watch, args=(self._kernel_deletion,),
                          name="watch-kernel", daemon=True).start()
+        if self.enforcer is not None:
+            threading.Thread(target=self.enforcer.run, args=(stop, self.config.resync_seconds * 6),
+                             name="network-policy", daemon=True).start()
         last_full = last_leak_check = time.monotonic()
         last_token = 0.0
         while not stop.is_set():
@@ -365,4 +390,5 @@ class NodeAgent:
                     return 1, error.to_json(requested_version(stdin))
                 return run(env, stdin)
             return runner
-        return {name: gated(run) for name, run in default_runners().items()}
+        admit = self.enforcer.admit if self.enforcer is not None else None
+        return {name: gated(run) for name, run in default_runners(admit).items()}

@@ -7,8 +7,9 @@ already gone as done.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from weft.cni import dispatch, plumbing
 from weft.cni.config import CmdArgs, NetConf
@@ -20,6 +21,9 @@ from weft.ipam import plugin as ipam
 log = logging.getLogger(__name__)
 
 IPAM_TYPE = "weft-ipam"
+# (namespace, pod, address): the agent's NetworkPolicy, told of a pod's address
+# before its interface exists; raises CNIError to refuse the pod
+Admission = Callable[[str, str, str], None]
 
 
 def _require_weft_ipam(conf: NetConf) -> None:
@@ -30,12 +34,16 @@ def _require_weft_ipam(conf: NetConf) -> None:
                        f"\"ipam\": {{\"type\": \"{IPAM_TYPE}\"}}")
 
 
-def add(conf: NetConf, args: CmdArgs) -> bytes:
+def add(conf: NetConf, args: CmdArgs, admit: Admission | None = None) -> bytes:
     _require_weft_ipam(conf)
     allocator = ipam.ipam_for(conf)
     allocations = ipam.assign(allocator, args)
     addresses = [a.address for a in allocations]
     try:
+        if admit is not None and args.pod_name:
+            for address in addresses:
+                if ":" not in address:
+                    admit(args.pod_namespace or "default", args.pod_name, address)
         link = plumbing.attach(args.netns, args.ifname, host_ifname(args.container_id,
                                args.ifname), addresses, conf.mtu)
     except BaseException:
@@ -94,4 +102,10 @@ HANDLERS = {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": statu
 
 def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     return dispatch.run(env, stdin, HANDLERS)
+
+
+def runner(admit: Admission) -> Callable[[Mapping[str, str], bytes], tuple[int, bytes]]:
+    """`run`, with ADD telling `admit` of each pod's address before plumbing it."""
+    handlers = {**HANDLERS, "ADD": functools.partial(add, admit=admit)}
+    return lambda env, stdin: dispatch.run(env, stdin, handlers)
 

@@ -36,6 +36,8 @@ KINDS = {
         Kind("Pod", "v1", "pods", True),
         Kind("Service", "v1", "services", True),
         Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", True),
+        Kind("Namespace", "v1", "namespaces", False),
+        Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", True),
     )
 }
 

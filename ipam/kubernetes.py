@@ -46,6 +46,8 @@ _BUILTIN: dict[str, tuple[str, type]] = {
     "Pod": ("pod", client.CoreV1Api),
     "Service": ("service", client.CoreV1Api),
     "EndpointSlice": ("endpoint_slice", client.DiscoveryV1Api),
+    "Namespace": ("namespace", client.CoreV1Api),
+    "NetworkPolicy": ("network_policy", client.NetworkingV1Api),
 }
 # The typed client's verbs for custom objects, where they differ from the built-in ones.
 _CUSTOM_VERBS = {"read": "get"}

@@ -20,7 +20,7 @@ from weft.agent.dataplane import LinuxDataplane
 from weft.agent.install import CONFLIST_NAME, install_binaries
 from weft.ipam.local import LocalStore
 from weft.ipam.pools import DEFAULT_POOL
-from weft.lab import netns, podman, services, topology, wiring
+from weft.lab import netns, podman, pods, services, topology, wiring
 from weft.lab.kube import teardown
 from weft.lab.libcni import Runtime
 from weft.lab.processes import alive, processes_in, spawn, stop
@@ -176,19 +176,21 @@ def restart_agent(state: LabState, node: str, sig: int = signal.SIGKILL) -> None
 def remove_node(state: LabState, node: str, progress: Progress) -> None:
     """Take a node out: its pods, its agent, its Node object (and so its blocks)."""
     check_removable(state, node)
-    pods = [p for p, info in state.pods.items() if info["node"] == node]
-    progress(f"deleting {len(pods)} pods on {node}")
-    for pod in pods:
+    gone = [p for p, info in state.pods.items() if info["node"] == node]
+    progress(f"deleting {len(gone)} pods on {node}")
+    store = LocalStore(state.datastore)
+    for pod in gone:
         stop({state.processes.pop(f"server-{pod}")})
         if state.runtime == "podman":
             node_podman(state, node)("rm", "-f", "-t", "0", pod)
         else:
             node_runtime(state, node).delete(pod, netns.path(pod))
             netns.remove(pod)
-        del state.pods[pod]
+        info = state.pods.pop(pod)
+        if "name" in info:
+            store.delete("Pod", info["name"], info["namespace"])
     progress(f"stopping the agent on {node} and deleting its Node object")
     stop({state.processes.pop(f"agent-{node}"), state.processes.pop(f"proxy-{node}")})
-    store = LocalStore(state.datastore)
     store.delete("Node", node)
     store.apply(services.endpoint_slice("echo", state.pods))
     netns.remove(node)
@@ -227,29 +229,44 @@ def _echo_command(name: str, tcp: list[int], udp: tuple[int, ...] = ()) -> list[
 def _make_pods(state: LabState, plan: topology.LabPlan, progress: Progress) -> None:
     if state.runtime == "podman":
         podman.busybox_rootfs(state.root / "rootfs")
+    LocalStore(state.datastore).apply(pods.namespace_object("default"))
     for i, pod in enumerate(plan.pods, 1):
         progress(f"pod {i}/{len(plan.pods)}: {pod.name} on {pod.node}")
         short = pod.name.removeprefix(f"{plan.name}-")
-        if state.runtime == "podman":
-            engine = node_podman(state, pod.node)
-            engine.run(pod.name, "sleep", "2147483647")
-            address = engine.ip(pod.name)
-            sandbox = engine("inspect", "--format", "{{.NetworkSettings.SandboxKey}}",
-                             pod.name)
-        else:
-            netns.create(pod.netns)
-            result = node_runtime(state, pod.node).add(
-                pod.name, netns.path(pod.netns),
-                args={"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": short})
-            address = result["ips"][0]["address"].split("/")[0]
-            sandbox = netns.path(pod.netns)
-        # The pod's echo service runs in its network namespace (a busybox image
-        # has no UDP server); what matters to the network is where it listens.
-        state.processes[f"server-{pod.name}"] = _spawn(
-            sandbox, _echo_command(short, [services.POD_TCP_PORT], (services.POD_UDP_PORT,)),
-            state.root / "servers.log")
-        state.pods[pod.name] = {"node": pod.node, "ip": address, "netns": sandbox}
-        state.save()
+        add_pod(state, pod.name, pod.node, "default", short, {"app": "echo", "pod": short},
+                tcp=[services.POD_TCP_PORT], udp=[services.POD_UDP_PORT],
+                named={"http": ("TCP", services.POD_TCP_PORT),
+                       "dns": ("UDP", services.POD_UDP_PORT)})
+
+
+def add_pod(state: LabState, pod: str, node: str, namespace: str, name: str,
+            labels: dict[str, str], tcp: list[int], udp: list[int],
+            named: dict[str, tuple[str, int]] | None = None) -> str:
+    """A pod on `node` as kubelet makes one: its Pod object, then the sandbox (netns or
+    container) through the CNI, its address in the object, and its echo service on
+    `tcp` and `udp`. `pod` names its namespace (or container); returns its address."""
+    store = LocalStore(state.datastore)
+    store.apply(pods.pod_object(namespace, name, node, labels, tcp, udp, named))
+    if state.runtime == "podman":
+        engine = node_podman(state, node)
+        engine.run(pod, "sleep", "2147483647")
+        address = engine.ip(pod)
+        sandbox = engine("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", pod)
+    else:
+        netns.create(pod)
+        result = node_runtime(state, node).add(
+            pod, netns.path(pod), args={"K8S_POD_NAMESPACE": namespace, "K8S_POD_NAME": name})
+        address = result["ips"][0]["address"].split("/")[0]
+        sandbox = netns.path(pod)
+    pods.record_address(store, namespace, name, address)
+    # The pod's echo service runs in its network namespace (a busybox image has no UDP
+    # server); what matters to the network is where it listens.
+    state.processes[f"server-{pod}"] = _spawn(sandbox, _echo_command(name, tcp, tuple(udp)),
+                                              state.root / "servers.log")
+    state.pods[pod] = {"node": node, "ip": address, "netns": sandbox,
+                       "namespace": namespace, "name": name}
+    state.save()
+    return address
 
 
 def _start_proxies(state: LabState, progress: Progress) -> None:

@@ -7,6 +7,10 @@ no NAT between pods).
 
     python -m weft.lab.echo serve --name NAME [--tcp PORT ...] [--udp PORT ...]
     python -m weft.lab.echo ask {tcp|udp} HOST PORT [--timeout S]
+    python -m weft.lab.echo probe [--timeout S] < "PROTOCOL HOST PORT" lines
+
+`probe` asks every target at once and prints, per line in order, what answered
+(or "-"): a NetworkPolicy truth table of a whole cluster is a few such runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import socketserver
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 
 def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
@@ -57,12 +62,18 @@ def ask(protocol: str, host: str, port: int, timeout: float, source_port: int = 
             if protocol == "tcp":
                 sock.connect((host, port))
                 data = sock.recv(512)
-            else:
-                sock.sendto(b"?", (host, port))
+            else:  # connected, so an ICMP refusal ends the wait at once
+                sock.connect((host, port))
+                sock.send(b"?")
                 data = sock.recv(512)
         except OSError:
             return ""
     return data.decode(errors="replace").strip()
+
+
+def probe(targets: list[tuple[str, str, int]], timeout: float) -> list[str]:
+    with ThreadPoolExecutor(max(1, min(64, len(targets)))) as pool:
+        return list(pool.map(lambda t: ask(*t, timeout), targets))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,9 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--interval", type=float, default=0.0, help="seconds between asks")
     a.add_argument("--timestamps", action="store_true",
                    help="start each line with the monotonic clock (shared by all processes)")
+    b = sub.add_parser("probe")
+    b.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.name, args.tcp, args.udp)
+    elif args.command == "probe":
+        targets = [(proto, host, int(port)) for proto, host, port in
+                   (line.split() for line in sys.stdin if line.strip())]
+        for answer in probe(targets, args.timeout):
+            print(answer or "-")
     else:
         answers = []
         for i in range(args.count):

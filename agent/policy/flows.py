@@ -1,0 +1,59 @@
+"""Stop the established flows a policy change denies: delete their conntrack entries.
+
+The tables accept what conntrack already knows before any policy lookup (a packet of
+an allowed connection costs one lookup), so a connection that a new policy denies
+would live on for as long as it keeps talking. After a change that narrows what is
+allowed, every entry to or from an isolated local pod is judged again with the same
+grants the tables were made from; the denied ones go, and the flow's next packet is
+new to conntrack, meets the rules and is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+from pyroute2 import Conntrack
+
+from weft.agent.policy.model import EGRESS, INGRESS, Grant
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP",
+                  socket.IPPROTO_SCTP: "SCTP"}
+# (local pod address, direction) -> its grants, or None when it is not isolated
+GrantsOf = Callable[[str, str], list[Grant] | None]
+
+
+def allowed(grants: list[Grant] | None, peer: str, protocol: str, port: int | None) -> bool:
+    return grants is None or any(g.allows(peer, protocol, port) for g in grants)
+
+
+def remove_denied(grants_of: GrantsOf) -> int:
+    """Delete the entries of flows the grants deny; returns how many went."""
+    deleted = 0
+    with Conntrack() as ct:
+        denied = []
+        for entry in ct.dump_entries():  # the whole dump first: no request amid it
+            orig, reply = entry.tuple_orig, entry.tuple_reply
+            if orig is None or reply is None or not orig.saddr or ":" in orig.saddr:
+                continue
+            # Judged as the tables judge it: after DNAT, so the destination is the
+            # endpoint that answers, and the port the one it answers from.
+            source, destination = orig.saddr, reply.saddr
+            protocol = PROTOCOL_NAMES.get(orig.proto, "")
+            port = reply.sport if protocol else None
+            if not (allowed(grants_of(source, EGRESS), destination, protocol, port) and
+                    allowed(grants_of(destination, INGRESS), source, protocol, port)):
+                denied.append((entry, source, destination))
+        for entry, source, destination in denied:
+            try:
+                ct.delete(entry)
+                deleted += 1
+            except Exception as err:  # it may have ended meanwhile
+                log.debug("could not delete the conntrack entry of %s -> %s: %s",
+                          source, destination, err)
+    if deleted:
+        log.info("stopped %d flows that policy now denies", deleted)
+    return deleted
