@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -70,6 +71,66 @@ def _ipam_show_lab(name: str) -> int:
              for n in state.nodes_present}
     sys.stdout.write(show(store, nodes))
     return 0
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from weft.agent.policy import explain
+    from weft.agent.policy.model import cluster_from_objects
+    from weft.table import render
+
+    store, where = _lab_store(args.lab) if args.lab else (_store(args), contextlib.nullcontext())
+    with where:
+        cluster, problems = cluster_from_objects(
+            store.list("Pod"), store.list("Namespace"), store.list("NetworkPolicy"))
+    for problem in problems:
+        print(f"warning: ignoring {problem}", file=sys.stderr)
+    if args.action == "show":
+        pods = [p for p in cluster.pods if not p.host_network]
+        sys.stdout.write(render(("pod", "ip", "ingress isolated by", "egress isolated by"),
+                                explain.show(cluster, pods)))
+        return 0
+    source, destination = (_policy_address(cluster, a) for a in (args.source, args.destination))
+    port, _, protocol = args.port.partition("/")
+    protocol = (protocol or "TCP").upper()
+    if not port.isdigit() or protocol not in ("TCP", "UDP", "SCTP"):
+        raise UserError(f"{args.port} is not PORT/PROTO: give e.g. 80/TCP, 53/UDP or 9/SCTP")
+    verdict = explain.explain(cluster, source, destination, protocol, int(port))
+    print("\n".join(verdict.lines()))
+    return 0 if verdict.allowed else 1
+
+
+def _policy_address(cluster, given: str) -> str:
+    import netaddr
+
+    if "/" in given:
+        pod = cluster.find(given)
+        if pod is None or not pod.ip:
+            raise UserError(f"pod {given} {'has no address yet' if pod else 'does not exist'}")
+        return pod.ip
+    try:
+        return str(netaddr.IPAddress(given, version=4))
+    except (netaddr.AddrFormatError, ValueError):
+        raise UserError(f"{given} is neither namespace/name nor an IPv4 address") from None
+
+
+def _lab_store(name: str):
+    """A lab's datastore, and where to use it from (a Kubernetes lab's API server is
+    reachable from its control plane's namespace only)."""
+    from weft.cni.netns import entered
+    from weft.ipam.local import LocalStore
+    from weft.lab import netns
+    from weft.lab.state import load
+
+    state = load(name)
+    if state is None:
+        raise UserError(f"no lab named {name!r} is up; start one with 'weft lab up'")
+    if state.runtime != "kubernetes":
+        return LocalStore(state.datastore), contextlib.nullcontext()
+    from weft.ipam.kubernetes import KubernetesStore
+    from weft.lab.kube.cluster import kube_layout
+
+    kube = kube_layout(state)  # the client connects at the first request, from inside
+    return KubernetesStore(str(kube.admin_kubeconfig)), entered(netns.path(kube.control_plane))
 
 
 def _load_objects(path: str) -> list[dict]:
@@ -172,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--lab", default="", metavar="NAME",
                       help="a lab's datastore and every node's allocations")
     show.set_defaults(func=_cmd_ipam_show)
+
+    policy = sub.add_parser("policy", help="inspect NetworkPolicy")
+    policy_sub = policy.add_subparsers(dest="action", required=True, metavar="COMMAND")
+    policy_show = policy_sub.add_parser("show", help="what isolates each pod")
+    policy_explain = policy_sub.add_parser(
+        "explain", help="whether a packet is allowed, and the policy and rule that decide")
+    policy_explain.add_argument("source", metavar="SRC", help="namespace/name or address")
+    policy_explain.add_argument("destination", metavar="DST",
+                                help="namespace/name or address (a Service's endpoint)")
+    policy_explain.add_argument("port", metavar="PORT/PROTO", help="e.g. 80/TCP or 53/UDP")
+    for command in (policy_show, policy_explain):
+        _add_store_arguments(command)
+        command.add_argument("--lab", default="", metavar="NAME", help="a lab's datastore")
+        command.set_defaults(func=_cmd_policy)
 
     for name, func, verb in (("apply", _cmd_apply, "create or replace"),
                              ("delete", _cmd_delete, "delete")):
