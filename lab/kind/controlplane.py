@@ -53,6 +53,7 @@ def build(podman: images.Podman, version: str, bin_dir: Path, kind_bin: Path,
     recipes[f"{registry}/coredns/coredns:{components.KIND_COREDNS.version}"] = (
         "coredns", images.COREDNS, {"coredns": kind_bin / "coredns"})
     wanted = kubeadm_images(bin_dir, version)
+    target.mkdir(parents=True, exist_ok=True)
     archives, built = [], []
     for image in wanted:
         if image == components.PAUSE_IMAGE:

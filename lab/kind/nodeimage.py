@@ -39,7 +39,8 @@ def containerfile(version: str, archives: list[str]) -> str:
     preload = " ".join(f"/kind/preload/{a}" for a in archives)
     return f"""FROM {images.DEBIAN_BASE} AS build
 COPY kind-files/ /
-RUN chmod -R u=rwX,go=rX /kind /etc /usr/local/bin /LICENSES \\
+RUN chmod -R u=rwX,go=rX /kind /usr/local/bin /LICENSES /etc/containerd /etc/crictl.yaml \\
+      /etc/default/kubelet /etc/sysctl.d /etc/systemd/system \\
  && chmod 0755 /usr/local/bin/* /kind/bin/* \\
  && DEBIAN_FRONTEND=noninteractive clean-install {packages} \\
  && mkdir -p /opt/cni/bin && cp {plugins} /opt/cni/bin/ \\
