@@ -1,10 +1,12 @@
 """The service proxy's sync time, next to a bare iptables-restore in the same run.
 
-In a throwaway namespace: a full sync of N Services with 5 endpoints each (weft
-renders, applies with iptables-restore --noflush and adds its jumps) against a
-bare `iptables-restore --noflush` of exactly the rules weft wrote, in a fresh
-namespace; then, at the largest N, one endpoint change (weft's partial sync)
-against a bare one-chain `iptables-restore --noflush` on the same full table.
+In a throwaway namespace, at each N: a full sync of N Services with 5 endpoints
+each (weft renders, applies with iptables-restore --noflush and adds its jumps)
+against a bare `iptables-restore --noflush` of exactly the rules weft wrote, in a
+fresh namespace; then, on that full table, one endpoint change (one Service's
+EndpointSlice gets 5 new addresses: weft's partial sync) against a bare one-chain
+`iptables-restore --noflush` of 5 rules. The change is made ROUNDS times, each on
+another Service, taking turns with the reference; the medians are compared.
 
     python3 bench/proxy_sync.py [--services 1000 10000]
 """
@@ -12,6 +14,7 @@ against a bare one-chain `iptables-restore --noflush` on the same full table.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from weft.cni.netns import entered
 from weft.lab import netns
 
 ENDPOINTS = 5
+ROUNDS = 5
 
 
 class MemoryStore:
@@ -62,34 +66,34 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def full_sync(services: int) -> tuple[float, float]:
-    """(weft's full sync, a bare restore of the same rules in a fresh namespace)."""
+def sync_and_change(services: int) -> tuple[float, float, float, float]:
+    """(weft's full sync, a bare restore of the same rules in a fresh namespace,
+    weft's partial sync after one endpoint change, a bare one-chain restore)."""
     store = MemoryStore(services)
     with namespace("wbp") as ns, entered(netns.path(ns)):
         proxy = Proxier(store, "bench", "10.244.0.0/16", Iptables(), min_interval=0,
                         conntrack_cleanup=False)
-        weft = timed(proxy.sync)
+        weft_full = timed(proxy.sync)
         texts = [restore_text(table, chains) for table, chains in proxy.applied().items()]
+        weft_change, bare_change = one_change(store, proxy, services)
     with namespace("wbp") as ref, entered(netns.path(ref)):
-        bare = sum(timed(lambda t=t: subprocess.run(["iptables-restore", "--noflush"],
-                                                     input=t.encode(), check=True))
-                   for t in texts)
-    return weft, bare
+        bare_full = sum(timed(lambda t=t: subprocess.run(["iptables-restore", "--noflush"],
+                                                          input=t.encode(), check=True))
+                        for t in texts)
+    return weft_full, bare_full, weft_change, bare_change
 
 
-def one_change(services: int) -> tuple[float, float]:
-    """A partial sync after one endpoint changes, and a bare one-chain restore."""
-    store = MemoryStore(services)
-    with namespace("wbp") as ns, entered(netns.path(ns)):
-        proxy = Proxier(store, "bench", "10.244.0.0/16", Iptables(), min_interval=0,
-                        conntrack_cleanup=False)
-        proxy.sync()
-        store.objects["EndpointSlice"][services // 2] = MemoryStore.slice(services // 2, 1)
-        weft = timed(proxy.sync)
-        rules = [f"-A WEFT-BENCH-ONE -p tcp -m tcp -j DNAT --to-destination 10.9.9.{e}:8080"
-                 for e in range(1, ENDPOINTS + 1)]
-        bare = timed(lambda: Iptables().restore("nat", {"WEFT-BENCH-ONE": rules}))
-    return weft, bare
+def one_change(store: MemoryStore, proxy: Proxier, services: int) -> tuple[float, float]:
+    """Medians of weft's partial sync after one endpoint change, and of a bare one-chain
+    restore, taking turns."""
+    weft, bare = [], []
+    rules = [f"-A WEFT-BENCH-ONE -p tcp -m tcp -j DNAT --to-destination 10.9.9.{e}:8080"
+             for e in range(1, ENDPOINTS + 1)]
+    for i in range(services // 2, services // 2 + ROUNDS):
+        store.objects["EndpointSlice"][i] = MemoryStore.slice(i, 1)
+        weft.append(timed(proxy.sync))
+        bare.append(timed(lambda: Iptables().restore("nat", {"WEFT-BENCH-ONE": rules})))
+    return statistics.median(weft), statistics.median(bare)
 
 
 def main() -> int:
@@ -98,14 +102,13 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     for n in args.services:
-        print(f"  full sync of {n} services x {ENDPOINTS} endpoints", flush=True)
-        weft, bare = full_sync(n)
-        rows.append((f"full sync, {n} services", weft, bare, "iptables-restore of the same rules"))
-    largest = max(args.services)
-    print(f"  one endpoint change at {largest} services", flush=True)
-    weft, bare = one_change(largest)
-    rows.append((f"one endpoint change, {largest} services", weft, bare,
-                 "one-chain iptables-restore --noflush"))
+        print(f"  full sync of {n} services x {ENDPOINTS} endpoints, then one endpoint "
+              f"change ({ROUNDS} times)", flush=True)
+        weft_full, bare_full, weft_change, bare_change = sync_and_change(n)
+        rows += [(f"full sync, {n} services", weft_full, bare_full,
+                  "iptables-restore of the same rules"),
+                 (f"one endpoint change, {n} services", weft_change, bare_change,
+                  "one-chain iptables-restore --noflush")]
     print(f"\nmachine: {machine()}\n")
     print("| sync | weft | reference | ratio | reference is |\n|---|---|---|---|---|")
     for label, w, b, what in rows:
