@@ -204,8 +204,8 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     namespace, name = meta.get("namespace") or "default", meta.get("name", "")
     what = f"NetworkPolicy {namespace}/{name}"
     types = spec.get("policyTypes")
-    if types is None:
-        types = ["Ingress"] + (["Egress"] if "egress" in spec else [])
+    if not types:  # as the API server defaults it: an empty list or egress: [] as if absent
+        types = ["Ingress"] + (["Egress"] if spec.get("egress") else [])
     unknown = set(types) - {"Ingress", "Egress"}
     if unknown:
         raise PolicyError(f"{what}: unknown policyTypes {', '.join(sorted(unknown))}")

@@ -1,0 +1,39 @@
+"""The NetworkPolicy model: what a policy, as written, isolates and allows."""
+
+import pytest
+
+from weft.agent.policy.model import EGRESS, INGRESS, Cluster, Pod, parse_policy
+
+
+def policy(name="p", **spec):
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "x"},
+            "spec": {"podSelector": {}, **spec}}
+
+
+def cluster(*policies):
+    pods = [Pod("x", "a", "10.244.0.2", {"pod": "a"}), Pod("x", "b", "10.244.0.3", {"pod": "b"})]
+    return Cluster(pods, {"x": {"kubernetes.io/metadata.name": "x"}},
+                   [parse_policy(p) for p in policies])
+
+
+@pytest.mark.parametrize("spec", [{}, {"policyTypes": []}, {"egress": []},
+                                  {"policyTypes": [], "egress": []}])
+def test_without_policy_types_a_policy_isolates_ingress_and_egress_only_with_egress_rules(spec):
+    # The API server's defaulting: an empty policyTypes is no policyTypes, and an
+    # empty egress list adds no Egress (the local datastore has no API server).
+    model = cluster(policy(**spec))
+    a = model.find("x/a")
+    assert [p.key for p in model.selecting(a, INGRESS)] == ["x/p"]
+    assert model.selecting(a, EGRESS) == []
+    assert model.grants(a, INGRESS) == []
+    assert model.grants(a, EGRESS) is None
+
+
+def test_egress_rules_without_policy_types_isolate_egress_too():
+    model = cluster(policy(egress=[{"to": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]))
+    a = model.find("x/a")
+    assert model.grants(a, INGRESS) == []
+    (grant,) = model.grants(a, EGRESS)
+    assert grant.allows("10.244.0.3", "TCP", 80)
+    assert not grant.allows("10.244.0.4", "TCP", 80)
