@@ -153,6 +153,8 @@ class IPBlock:
     excepts: tuple[str, ...] = ()
 
     def addresses(self) -> netaddr.IPSet:
+        if ":" in self.cidr:  # an IPv6 block matches no packet of this IPv4 dataplane
+            return netaddr.IPSet()
         return netaddr.IPSet([self.cidr]) - netaddr.IPSet(self.excepts)
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 import pytest
 
 from weft.agent.policy.model import EGRESS, INGRESS, Cluster, Pod, parse_policy
+from weft.agent.policy.render import render
 
 
 def policy(name="p", **spec):
@@ -37,3 +38,18 @@ def test_egress_rules_without_policy_types_isolate_egress_too():
     (grant,) = model.grants(a, EGRESS)
     assert grant.allows("10.244.0.3", "TCP", 80)
     assert not grant.allows("10.244.0.4", "TCP", 80)
+
+
+def test_an_ipv6_block_allows_no_ipv4_address_and_renders_nothing():
+    # Rendered into the IPv4 sets, "::/0" made nft refuse the whole table: no policy
+    # applied, and every pod ADD on the node failed.
+    v6 = {"ipBlock": {"cidr": "::/0"}}
+    only_v6 = cluster(policy(policyTypes=["Egress"], egress=[{"to": [v6]}]))
+    a = only_v6.find("x/a")
+    assert only_v6.grants(a, EGRESS) == []  # isolated, and nothing allowed: not "anywhere"
+    both = cluster(policy(policyTypes=["Egress"],
+                          egress=[{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, v6]}]))
+    rendered = render(both, both.pods)
+    assert rendered.ruleset.elements["out-any"] == {"10.244.0.2 . 0.0.0.0/0",
+                                                    "10.244.0.3 . 0.0.0.0/0"}
+    assert rendered.ruleset.elements["out-ports"] == frozenset()
