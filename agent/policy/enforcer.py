@@ -20,6 +20,7 @@ from weft.agent.policy.model import Cluster, Grant, Pod, cluster_from_objects, p
 from weft.agent.policy.render import (
     FAMILY,
     TABLE,
+    Cache,
     Rendered,
     Ruleset,
     change_script,
@@ -70,6 +71,7 @@ class Enforcer:
         self._lock = threading.Lock()
         self._applied: Ruleset | None = None  # None: the table must be written whole
         self.rendered: Rendered | None = None
+        self._cache = Cache()
         self.problems: list[str] = []
 
     def sync(self, full: bool = False, extra: Pod | None = None) -> None:
@@ -104,9 +106,10 @@ class Enforcer:
     def _sync_locked(self, full: bool, extra: Pod | None = None) -> None:
         started = time.monotonic()
         local = dict(self.local_addresses())
+        self._cache.trim()
         cluster, problems = cluster_from_objects(
             self.store.cached("Pod"), self.store.cached("Namespace"),
-            self.store.cached("NetworkPolicy"), local)
+            self.store.cached("NetworkPolicy"), local, self._cache.interned)
         # This node's pods whose objects the watch has not brought yet (a pod in its
         # ADD, or one the datastore lost) count as pods without labels.
         missing = [Pod(*key.split("/", 1), address) for key, address in local.items()
@@ -114,14 +117,15 @@ class Enforcer:
         if extra is not None and cluster.find(extra.key) is None:
             missing.append(extra)
         if missing:
-            cluster = Cluster([*cluster.pods, *missing], cluster.namespaces, cluster.policies)
+            cluster = Cluster([*cluster.pods, *missing], cluster.namespaces, cluster.policies,
+                              cluster.interned)
         for problem in sorted(set(problems) - set(self.problems)):
             log.warning("ignoring a NetworkPolicy: %s", problem)
         self.problems = problems
         on_node = [cluster.find(key) for key in local]
         if extra is not None and extra.key not in local:
             on_node.append(cluster.find(extra.key))
-        rendered = render(cluster, [p for p in on_node if p is not None])
+        rendered = render(cluster, [p for p in on_node if p is not None], self._cache)
         old = self._applied
         if full or old is None:
             self._apply(full_script(rendered.ruleset))

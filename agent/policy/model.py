@@ -28,6 +28,8 @@ from typing import Any
 
 import netaddr
 
+from weft.agent.policy import ranges
+
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 ALL_PORTS = (0, 65535)
 ANY = "any"  # a grant's protocol when its rule has no ports: every protocol, every port
@@ -152,10 +154,10 @@ class IPBlock:
     cidr: str
     excepts: tuple[str, ...] = ()
 
-    def addresses(self) -> netaddr.IPSet:
+    def addresses(self) -> ranges.Ranges:
         if ":" in self.cidr:  # an IPv6 block matches no packet of this IPv4 dataplane
-            return netaddr.IPSet()
-        return netaddr.IPSet([self.cidr]) - netaddr.IPSet(self.excepts)
+            return ranges.EMPTY
+        return ranges.of_cidrs([self.cidr], self.excepts)
 
     def __str__(self) -> str:
         return self.cidr + (f" except {', '.join(self.excepts)}" if self.excepts else "")
@@ -261,14 +263,14 @@ class Grant:
 
     policy: str
     rule: int
-    addresses: netaddr.IPSet = field(hash=False, compare=False)
+    addresses: ranges.Ranges
     protocol: str
     low: int = ALL_PORTS[0]
     high: int = ALL_PORTS[1]
     peer: str = ""  # what the rule names, for people
 
     def allows(self, address: str, protocol: str, port: int | None) -> bool:
-        if address not in self.addresses:
+        if not ranges.contains(self.addresses, address):
             return False
         if self.protocol == ANY:
             return True
@@ -280,10 +282,20 @@ class Cluster:
     pods: list[Pod]
     namespaces: dict[str, dict[str, str]]
     policies: list[Policy]
+    # Equal address sets share one object, here and across models that share the dict:
+    # the renderer keys its work by their identity (see render.Cache).
+    interned: dict[ranges.Ranges, ranges.Ranges] = field(default_factory=dict, repr=False)
     _by_ip: dict[str, Pod] = field(default_factory=dict, init=False, repr=False)
+    _by_namespace: dict[str, list[Policy]] = field(default_factory=dict, init=False, repr=False)
+    # (policy namespace, peer) -> the pods it selects and their addresses: computed once
+    # per model, not once per pod the policy selects
+    _peers: dict[tuple[str, Peer], tuple[list[Pod], ranges.Ranges]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_ip = {p.ip: p for p in self.pods if p.ip and not p.host_network}
+        for policy in self.policies:
+            self._by_namespace.setdefault(policy.namespace, []).append(policy)
 
     def pod_at(self, address: str) -> Pod | None:
         return self._by_ip.get(address)
@@ -295,8 +307,8 @@ class Cluster:
         """The policies that isolate `pod` for `direction`."""
         if pod.host_network:
             return []
-        return [p for p in self.policies if p.namespace == pod.namespace
-                and p.rules(direction) is not None and p.pods.matches(pod.labels)]
+        return [p for p in self._by_namespace.get(pod.namespace, ())
+                if p.rules(direction) is not None and p.pods.matches(pod.labels)]
 
     def grants(self, pod: Pod, direction: str) -> list[Grant] | None:
         """What `pod`'s policies allow in `direction`; None when it is not isolated."""
@@ -335,21 +347,34 @@ class Cluster:
                     for target in self._peer_pods(policy, peer, addresses):
                         declared = target.ports.get(port.port)
                         if declared and declared[0] == port.protocol:
-                            out.append(grant(netaddr.IPSet([target.ip]), port.protocol,
-                                             declared[1], declared[1]))
+                            out.append(grant(self._intern(ranges.of_addresses([target.ip])),
+                                             port.protocol, declared[1], declared[1]))
         return out
 
-    def _peer_addresses(self, policy: Policy, peer: Peer) -> netaddr.IPSet:
+    def _peer_addresses(self, policy: Policy, peer: Peer) -> ranges.Ranges:
         if peer.ip_block is not None:
-            return peer.ip_block.addresses()
-        return netaddr.IPSet(p.ip for p in self._selected_peers(policy, peer))
+            return self._intern(peer.ip_block.addresses())
+        return self._selected(policy, peer)[1]
 
-    def _peer_pods(self, policy: Policy, peer: Peer, addresses: netaddr.IPSet) -> list[Pod]:
+    def _intern(self, addresses: ranges.Ranges) -> ranges.Ranges:
+        return self.interned.setdefault(addresses, addresses)
+
+    def _peer_pods(self, policy: Policy, peer: Peer, addresses: ranges.Ranges) -> list[Pod]:
         if peer.ip_block is not None:
-            return [p for p in self._by_ip.values() if p.ip in addresses]
+            return [p for p in self._by_ip.values() if ranges.contains(addresses, p.ip)]
         return self._selected_peers(policy, peer)
 
     def _selected_peers(self, policy: Policy, peer: Peer) -> list[Pod]:
+        return self._selected(policy, peer)[0]
+
+    def _selected(self, policy: Policy, peer: Peer) -> tuple[list[Pod], ranges.Ranges]:
+        key = (policy.namespace, peer)
+        if key not in self._peers:
+            found = self._select_peers(policy, peer)
+            self._peers[key] = (found, self._intern(ranges.of_addresses(p.ip for p in found)))
+        return self._peers[key]
+
+    def _select_peers(self, policy: Policy, peer: Peer) -> list[Pod]:
         out = []
         for pod in self._by_ip.values():
             if peer.namespaces is not None:
@@ -363,7 +388,7 @@ class Cluster:
 
 
 def _partial(policy: str, rule: int, peer: str):
-    def grant(addresses: netaddr.IPSet, protocol: str, low: int = ALL_PORTS[0],
+    def grant(addresses: ranges.Ranges, protocol: str, low: int = ALL_PORTS[0],
               high: int = ALL_PORTS[1]) -> Grant:
         return Grant(policy, rule, addresses, protocol, low, high, peer)
     return grant
@@ -372,6 +397,7 @@ def _partial(policy: str, rule: int, peer: str):
 def cluster_from_objects(pods: Iterable[Mapping[str, Any]], namespaces: Iterable[Mapping[str, Any]],
                          policies: Iterable[Mapping[str, Any]],
                          local_ips: Mapping[str, str] | None = None,
+                         interned: dict[ranges.Ranges, ranges.Ranges] | None = None,
                          ) -> tuple[Cluster, list[str]]:
     """The model from datastore objects, and a line per policy it had to leave out.
     `local_ips` ({namespace/name: address}) are the addresses IPAM gave this node's
@@ -388,4 +414,6 @@ def cluster_from_objects(pods: Iterable[Mapping[str, Any]], namespaces: Iterable
             parsed.append(parse_policy(obj))
         except PolicyError as err:
             problems.append(str(err))
-    return Cluster(model_pods, dict(namespace_labels(n) for n in namespaces), parsed), problems
+    cluster = Cluster(model_pods, dict(namespace_labels(n) for n in namespaces), parsed,
+                      interned if interned is not None else {})
+    return cluster, problems

@@ -25,8 +25,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import netaddr
-
+from weft.agent.policy import ranges
 from weft.agent.policy.model import ANY, EGRESS, INGRESS, Cluster, Grant, Pod
 
 TABLE = "weft"
@@ -98,7 +97,26 @@ def counter_name(direction: str, address: str) -> str:
     return f"{'in' if direction == INGRESS else 'out'}-denied-{address.replace('.', '-')}"
 
 
-def render(cluster: Cluster, local: Iterable[Pod]) -> Rendered:
+class Cache:
+    """A pod's elements by what its grants are, across pods and syncs: pods that the same
+    policies select get the same pieces, and a sync recomputes only what changed. Keys
+    hold the identity of interned address sets, so the model's `interned` dict must live
+    as long as this cache (the enforcer keeps both and drops both when they grow)."""
+
+    LIMIT = 20_000
+
+    def __init__(self) -> None:
+        self.interned: dict[ranges.Ranges, ranges.Ranges] = {}
+        self.pieces: dict[tuple, tuple[list[str], list[str]]] = {}
+
+    def trim(self) -> None:
+        if len(self.pieces) > self.LIMIT or len(self.interned) > self.LIMIT:
+            self.interned.clear()
+            self.pieces.clear()
+
+
+def render(cluster: Cluster, local: Iterable[Pod], cache: Cache | None = None) -> Rendered:
+    cache = cache or Cache()
     elements: dict[str, set[str]] = {name: set() for name in SETS}
     counters: set[str] = set()
     grants: dict[tuple[str, str], list[Grant] | None] = {}
@@ -116,23 +134,30 @@ def render(cluster: Cluster, local: Iterable[Pod]) -> Rendered:
             counters.add(counter)
             elements[ISOLATED[direction]].add(pod.ip)
             elements[DENIED_MAP[direction]].add(f'{pod.ip} : "{counter}"')
-            anywhere = netaddr.IPSet()
-            by_protocol: dict[str, list[Grant]] = {}
-            for grant in granted:
-                if grant.protocol == ANY:
-                    anywhere |= grant.addresses
-                else:
-                    by_protocol.setdefault(grant.protocol, []).append(grant)
-            elements[ANY_SET[direction]].update(
-                f"{pod.ip} . {span}" for span in _spans(anywhere))
-            for protocol, pieces in by_protocol.items():
-                for low, high, addresses in _disjoint(pieces):
-                    ports = str(low) if low == high else f"{low}-{high}"
-                    elements[PORTS_SET[direction]].update(
-                        f"{pod.ip} . {span} . {protocol.lower()} . {ports}"
-                        for span in _spans(addresses))
+            key = tuple((g.protocol, g.low, g.high, id(g.addresses)) for g in granted)
+            if key not in cache.pieces:
+                cache.pieces[key] = _pieces(granted)
+            anywhere, ports = cache.pieces[key]
+            elements[ANY_SET[direction]].update(f"{pod.ip} . {span}" for span in anywhere)
+            elements[PORTS_SET[direction]].update(f"{pod.ip} . {piece}" for piece in ports)
     ruleset = Ruleset({name: frozenset(v) for name, v in elements.items()}, frozenset(counters))
     return Rendered(ruleset, grants, pods)
+
+
+def _pieces(granted: list[Grant]) -> tuple[list[str], list[str]]:
+    """One pod's grants as what follows its address in the any and ports sets."""
+    anywhere = ranges.merge(r for g in granted if g.protocol == ANY for r in g.addresses)
+    by_protocol: dict[str, list[Grant]] = {}
+    for grant in granted:
+        if grant.protocol != ANY:
+            by_protocol.setdefault(grant.protocol, []).append(grant)
+    ports = []
+    for protocol, pieces in by_protocol.items():
+        for low, high, addresses in _disjoint(pieces):
+            numbers = str(low) if low == high else f"{low}-{high}"
+            ports += [f"{span} . {protocol.lower()} . {numbers}"
+                      for span in ranges.spans(addresses)]
+    return ranges.spans(anywhere), ports
 
 
 def full_script(ruleset: Ruleset) -> str:
@@ -179,29 +204,14 @@ def narrowed(old: Ruleset, new: Ruleset) -> bool:
     return False
 
 
-def _spans(addresses: netaddr.IPSet) -> list[str]:
-    """An address set as nft interval elements: addresses, CIDRs or ranges."""
-    out = []
-    for span in addresses.iter_ipranges():
-        cidrs = span.cidrs()
-        if len(cidrs) == 1:
-            cidr = cidrs[0]
-            out.append(str(cidr.ip) if cidr.prefixlen == 32 else str(cidr))
-        else:
-            out.append(f"{netaddr.IPAddress(span.first)}-{netaddr.IPAddress(span.last)}")
-    return out
-
-
-def _disjoint(grants: list[Grant]) -> list[tuple[int, int, netaddr.IPSet]]:
+def _disjoint(grants: list[Grant]) -> list[tuple[int, int, ranges.Ranges]]:
     """Port pieces that do not overlap, each with the addresses allowed on it."""
     bounds = sorted({g.low for g in grants} | {g.high + 1 for g in grants})
-    out: list[tuple[int, int, netaddr.IPSet]] = []
+    out: list[tuple[int, int, ranges.Ranges]] = []
     for low, next_low in itertools.pairwise(bounds):
         high = next_low - 1
-        addresses = netaddr.IPSet()
-        for grant in grants:
-            if grant.low <= low and high <= grant.high:
-                addresses |= grant.addresses
+        addresses = ranges.merge(r for g in grants if g.low <= low and high <= g.high
+                                 for r in g.addresses)
         if not addresses:
             continue
         if out and out[-1][1] == low - 1 and out[-1][2] == addresses:
