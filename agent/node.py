@@ -131,7 +131,7 @@ class NodeAgent:
             path = install_conflist(self.config.cni_conf_dir, conflist(
                 self.underlay.mtu - vxlan.OVERHEAD, datastore=self.config.datastore,
                 stateDir=self.config.state_dir, nodeName=self.config.node_name,
-                socket=self.config.socket, **where))
+                socket=self.config.socket, networkPolicy=self.config.network_policy, **where))
             log.info("wrote %s", path)
         self.ready = True
 

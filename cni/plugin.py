@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 from weft.cni import dispatch, plumbing
 from weft.cni.config import CmdArgs, NetConf
-from weft.cni.errors import CHECK_FAILED, INVALID_CONFIG, CNIError
+from weft.cni.errors import CHECK_FAILED, INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
 from weft.cni.names import host_ifname
 from weft.cni.result import encode, merge, normalize
 from weft.ipam import plugin as ipam
@@ -36,6 +36,13 @@ def _require_weft_ipam(conf: NetConf) -> None:
 
 def add(conf: NetConf, args: CmdArgs, admit: Admission | None = None) -> bytes:
     _require_weft_ipam(conf)
+    if admit is None and conf.raw.get("networkPolicy") and args.pod_name:
+        # Run in-process (the agent's socket did not answer): nothing here can put the
+        # pod in the agent's sets before its first packet. Fail closed; kubelet retries.
+        raise CNIError(TRY_AGAIN_LATER, f"cannot add pod {args.pod_namespace or 'default'}/"
+                       f"{args.pod_name} while the weft agent is not running",
+                       "NetworkPolicy is enforced on this node and only the agent applies "
+                       "it before a pod's first packet; the runtime will try again")
     allocator = ipam.ipam_for(conf)
     allocations = ipam.assign(allocator, args)
     addresses = [a.address for a in allocations]

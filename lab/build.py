@@ -180,7 +180,7 @@ def remove_node(state: LabState, node: str, progress: Progress) -> None:
     progress(f"deleting {len(gone)} pods on {node}")
     store = LocalStore(state.datastore)
     for pod in gone:
-        stop({state.processes.pop(f"server-{pod}")})
+        stop({state.processes.pop(f"server-{pod}", None)} - {None})
         if state.runtime == "podman":
             node_podman(state, node)("rm", "-f", "-t", "0", pod)
         else:
@@ -244,7 +244,8 @@ def add_pod(state: LabState, pod: str, node: str, namespace: str, name: str,
             named: dict[str, tuple[str, int]] | None = None) -> str:
     """A pod on `node` as kubelet makes one: its Pod object, then the sandbox (netns or
     container) through the CNI, its address in the object, and its echo service on
-    `tcp` and `udp`. `pod` names its namespace (or container); returns its address."""
+    `tcp` and `udp` (none without ports). `pod` names its namespace (or container);
+    returns its address."""
     store = LocalStore(state.datastore)
     store.apply(pods.pod_object(namespace, name, node, labels, tcp, udp, named))
     if state.runtime == "podman":
@@ -261,8 +262,9 @@ def add_pod(state: LabState, pod: str, node: str, namespace: str, name: str,
     pods.record_address(store, namespace, name, address)
     # The pod's echo service runs in its network namespace (a busybox image has no UDP
     # server); what matters to the network is where it listens.
-    state.processes[f"server-{pod}"] = _spawn(sandbox, _echo_command(name, tcp, tuple(udp)),
-                                              state.root / "servers.log")
+    if tcp or udp:
+        state.processes[f"server-{pod}"] = _spawn(
+            sandbox, _echo_command(name, tcp, tuple(udp)), state.root / "servers.log")
     state.pods[pod] = {"node": node, "ip": address, "netns": sandbox,
                        "namespace": namespace, "name": name}
     state.save()

@@ -35,7 +35,9 @@ def remove_denied(grants_of: GrantsOf) -> int:
     deleted = 0
     with Conntrack() as ct:
         denied = []
-        for entry in ct.dump_entries():  # the whole dump first: no request amid it
+        # The whole dump first: a delete amid it broke pyroute2's socket ("Event loop is
+        # closed") for every later call in that thread.
+        for entry in ct.dump_entries():
             orig, reply = entry.tuple_orig, entry.tuple_reply
             if orig is None or reply is None or not orig.saddr or ":" in orig.saddr:
                 continue

@@ -45,14 +45,18 @@ def reconcile(ports: Iterable[ServicePort], node: str, known_frontends: set[tupl
         return 0
     deleted = 0
     with Conntrack() as ct:
+        stale = []
+        # The whole dump first: a delete amid it broke pyroute2's socket ("Event loop is
+        # closed") for every later call in that thread.
         for entry in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP)):
             orig, reply = entry.tuple_orig, entry.tuple_reply
             key = (orig.daddr, orig.dport)
             allowed = valid.get(key)
             if allowed is None:
                 allowed = valid.get(("*", orig.dport))
-            if allowed is None or reply.saddr in allowed:
-                continue
+            if allowed is not None and reply.saddr not in allowed:
+                stale.append(entry)
+        for entry in stale:
             try:
                 ct.delete(entry)
                 deleted += 1
