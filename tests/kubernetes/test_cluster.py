@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,9 @@ POD_POOL = netaddr.IPNetwork("10.244.0.0/16")
 # [sig-network] specs tagged [Conformance] in Kubernetes 1.37.2
 # (test/conformance/testdata/conformance.yaml).
 CONFORMANCE_SPECS = 47
+# Netpol specs in Kubernetes 1.37.2 (test/e2e/network/netpol): 48 over TCP and UDP, and 3
+# [Feature:SCTPConnectivity] ones that need SCTP sockets in the kernel.
+NETPOL_SPECS, NETPOL_SCTP_SPECS = 48, 3
 VETH = re.compile(r"weft[0-9a-f]{11}")
 
 
@@ -253,6 +257,23 @@ def test_granular_service_checks_pass(lab):
                     "--skip", r"\[Slow\]|\[Disruptive\]|\[Feature:")
     # pod, node and endpoint to Service over http and udp, endpoint updates, ...
     assert len(specs) >= 14, [name for name, _, _ in specs]
+
+
+def kernel_has_sctp() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError:  # EPROTONOSUPPORT: a kernel built without SCTP
+        return False
+    return True
+
+
+def test_every_netpol_spec_passes(lab):
+    # The SCTP specs run wherever the kernel can open SCTP sockets.
+    sctp = kernel_has_sctp()
+    specs = run_e2e(lab, "--focus", "Netpol",
+                    *(() if sctp else ("--skip", "Feature:SCTPConnectivity")))
+    expected = NETPOL_SPECS + (NETPOL_SCTP_SPECS if sctp else 0)
+    assert len(specs) == expected, [name for name, _, _ in specs]
 
 
 def test_deleting_a_pod_through_the_api_leaves_nothing_on_its_node(lab):
