@@ -57,5 +57,5 @@ def remove_denied(grants_of: GrantsOf) -> int:
                 log.debug("could not delete the conntrack entry of %s -> %s: %s",
                           source, destination, err)
     if deleted:
-        log.info("stopped %d flows that policy now denies", deleted)
+        log.info("stopped %d flow%s that policy now denies", deleted, "" if deleted == 1 else "s")
     return deleted

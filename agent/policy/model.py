@@ -157,7 +157,7 @@ class IPBlock:
     def addresses(self) -> ranges.Ranges:
         if ":" in self.cidr:  # an IPv6 block matches no packet of this IPv4 dataplane
             return ranges.EMPTY
-        return ranges.of_cidrs([self.cidr], self.excepts)
+        return ranges.of_cidrs([self.cidr], [e for e in self.excepts if ":" not in e])
 
     def __str__(self) -> str:
         return self.cidr + (f" except {', '.join(self.excepts)}" if self.excepts else "")
