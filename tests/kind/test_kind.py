@@ -44,15 +44,21 @@ class Kind:
     name: str
     env: dict[str, str]
     work: Path
+    kube_proxy_mode: str
 
-    def run(self, *args: str, timeout: float = 600, check: bool = True,
-            stdin: str | None = None) -> str:
-        out = subprocess.run(list(args), env=self.env, input=stdin, capture_output=True,
-                             text=True, timeout=timeout)
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        out = self._run(args, timeout)
         if check:
             assert out.returncode == 0, (f"{' '.join(args)}:\n"
                                          f"{out.stdout[-2000:]}{out.stderr[-3000:]}")
         return out.stdout
+
+    def succeeds(self, *args: str, timeout: float = 600) -> bool:
+        return self._run(args, timeout).returncode == 0
+
+    def _run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
 
     def kind(self, *args: str, **kw) -> str:
         return self.run(str(BIN / "kind"), *args, "--name", self.name, **kw)
@@ -86,7 +92,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
         pytest.skip(reason)
     name = f"wk{uuid.uuid4().hex[:6]}"
     kind = Kind(name, {**kind_podman.environment(f"{name}-net"),
-                       "KUBECONFIG": str(tmp_path / "kubeconfig")}, tmp_path)
+                       "KUBECONFIG": str(tmp_path / "kubeconfig")}, tmp_path, request.param)
     config = yaml.safe_load((REPO / "manifests" / "kind.yaml").read_text())
     config["networking"]["kubeProxyMode"] = request.param
     (tmp_path / "kind.yaml").write_text(yaml.safe_dump(config))
@@ -97,24 +103,30 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
     modules.mkdir(exist_ok=True)
     try:
         kind.kind("create", "cluster", "--config", str(tmp_path / "kind.yaml"),
-                  "--image", nodeimage.image_name(components.KUBERNETES_VERSION),
-                  "--wait", "0s", timeout=900)
+                  "--image", nodeimage.image_name(components.KUBERNETES_VERSION), timeout=900)
         yield kind
     finally:
         containers = kind.run("podman", "ps", "-aq", "--filter", f"label={CLUSTER_LABEL}={name}",
                               check=False).split()
+        made = [kind.run("podman", "inspect", "--format",
+                         "{{.Id}} {{.Name}} {{.NetworkSettings.SandboxKey}}", c).split()
+                for c in containers]
         kind.kind("delete", "cluster", timeout=300, check=False)
         kind_podman.delete_network(f"{name}-net")
         if made_modules:
             modules.rmdir()
-        assert_nothing_left(kind, containers)
+        assert_nothing_left(kind, made)
 
 
-def assert_nothing_left(kind: Kind, containers: list[str]) -> None:
-    """kind delete cluster and the network's removal leave no container, volume,
-    network, namespace or cgroup of the cluster behind."""
+def assert_nothing_left(kind: Kind, made: list[list[str]]) -> None:
+    """kind delete cluster and the network's removal leave none of the nodes' containers,
+    volumes, network namespaces or cgroups, nor the network (nor, with no netavark
+    network left, netavark's chains)."""
     assert kind.run("podman", "ps", "-aq", "--filter", f"label={CLUSTER_LABEL}={kind.name}") == ""
-    assert kind.run("podman", "volume", "ls", "-q", "--filter", f"label={kind.name}") == ""
+    for _, node, *sandbox in made:
+        # kind labels each node's /var volume with the node's name.
+        assert kind.run("podman", "volume", "ls", "-q", "--filter", f"label={node}") == ""
+        assert not any(Path(netns).exists() for netns in sandbox)
     assert subprocess.run(["podman", "network", "exists", f"{kind.name}-net"], env=kind.env,
                           capture_output=True).returncode != 0
     networks = set(kind.run("podman", "network", "ls", "--format", "{{.Name}}").split())
@@ -122,15 +134,13 @@ def assert_nothing_left(kind: Kind, containers: list[str]) -> None:
         for tool in ("iptables", "ip6tables"):
             for table in ("nat", "filter"):
                 assert "NETAVARK" not in kind.run(tool, "-t", table, "-S")
-    cgroups = [p for c in containers for p in Path("/sys/fs/cgroup").glob(f"*/**/*{c[:12]}*")]
+    cgroups = [p for c, *_ in made for p in Path("/sys/fs/cgroup").glob(f"*/libpod_parent/*{c}*")]
     assert cgroups == []
-    netns = [p for p in Path("/run/netns").glob("*") if any(c[:12] in p.name for c in containers)]
-    assert netns == []
 
 
 def test_weft_on_kind(cluster: Kind) -> None:
     """docs/kind.md, step by step."""
-    kube_proxy = "iptables" in (cluster.work / "kind.yaml").read_text()
+    kube_proxy = cluster.kube_proxy_mode == "iptables"
     # Install: weft's image from the Dockerfile (weft lab build-kubernetes built it),
     # loaded with kind load image-archive; agnhost too, as nothing can be pulled here.
     for archive in ("weft.tar", "agnhost.tar"):
@@ -140,9 +150,13 @@ def test_weft_on_kind(cluster: Kind) -> None:
     if kube_proxy:
         cluster.kubectl("-n", "kube-system", "delete", "daemonset", "weft-proxy")
     daemonsets = ["weft-node"] + ([] if kube_proxy else ["weft-proxy"])
-    for ds in daemonsets:
-        cluster.kubectl("-n", "kube-system", "rollout", "status", f"ds/{ds}", "--timeout=5m")
-    cluster.kubectl("wait", "--for=condition=Ready", "nodes", "--all", "--timeout=5m")
+    waits = [["-n", "kube-system", "rollout", "status", f"ds/{ds}", "--timeout=5m"]
+             for ds in daemonsets] + [["wait", "--for=condition=Ready", "nodes", "--all",
+                                        "--timeout=5m"]]
+    for wait in waits:
+        if not cluster.succeeds(str(BIN / "kubectl"), *wait):
+            pytest.fail(f"kubectl {' '.join(wait)} failed after "
+                        f"{time.monotonic() - started:.0f}s:\n{diagnosis(cluster)}")
     assert time.monotonic() - started < READY_SECONDS
     nodes = cluster.nodes()
     assert len(nodes) == 3
@@ -183,6 +197,7 @@ def test_weft_on_kind(cluster: Kind) -> None:
 
     # What weft did on a node.
     assert cluster.on_node(worker, "ip", "route", "show", "proto", "88").strip()
+    assert "WEFT-POSTROUTING" in cluster.on_node(worker, "iptables-nft-save")
 
     # Uninstall, keeping the cluster.
     cluster.kubectl("delete", "-f", str(REPO / "manifests" / "examples" / "connectivity.yaml"),
@@ -201,7 +216,10 @@ def test_weft_on_kind(cluster: Kind) -> None:
     for node in nodes:
         assert cluster.on_node(node, "ip", "route", "show", "proto", "88") == ""
         assert "weft" not in cluster.on_node(node, "ip", "-o", "link", "show")
-        assert "WEFT" not in cluster.on_node(node, "iptables-save")
+        # weft's image writes with iptables-nft; kind's entrypoint may set the node's
+        # own iptables to legacy (it does on podman: no rules of either kind at start).
+        for save in ("iptables-nft-save", "iptables-legacy-save"):
+            assert "WEFT" not in cluster.on_node(node, save)
         present = cluster.on_node(node, "ls", "-d", *WEFT_FILES, check=False)
         assert present == ""
 
@@ -217,6 +235,16 @@ def weft_manifest(cluster: Kind) -> Path:
                 doc["data"]["KUBERNETES_SERVICE_HOST"] = f"{cluster.name}-control-plane"
         path.write_text(yaml.safe_dump_all(docs))
     return path
+
+
+def diagnosis(cluster: Kind) -> str:
+    """What a failed wait shows: kube-system's pods, the Nodes, the agents' last words."""
+    parts = [cluster.kubectl("get", "nodes", "-o", "wide", check=False),
+             cluster.kubectl("-n", "kube-system", "get", "pods", "-o", "wide", check=False),
+             cluster.kubectl("-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=weft-node",
+                             "-c", "agent", "--tail=20", "--prefix", check=False),
+             subprocess.run(["uptime"], capture_output=True, text=True).stdout]
+    return "\n".join(str(p) for p in parts)
 
 
 def kubectl_json(cluster: Kind, *args: str) -> dict:
