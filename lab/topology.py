@@ -117,6 +117,7 @@ def check_name(name: str) -> None:
 
 
 def owned_by(name: str, netns: str) -> bool:
-    """Does a namespace name belong to lab `name` (and not to a lab named like it)?"""
-    pattern = rf"{re.escape(name)}-(router|inet|cp|sw\d+|node\d+(-pod\d+)?)"
-    return re.fullmatch(pattern, netns) is not None
+    """Does a namespace name belong to lab `name` (and not to a lab named like it)? Lab
+    names have no '-', so everything after "<name>-" is the lab's: its own namespaces
+    and those of pods added by name (`build.add_pod`)."""
+    return re.fullmatch(rf"{re.escape(name)}-[a-z0-9][a-z0-9-]*", netns) is not None
