@@ -2,9 +2,10 @@
 
 Level-triggered like the routes: it syncs on every change to Pods, Namespaces or
 NetworkPolicies and at every resync, writing only the set elements that differ; the
-table is written whole at start and after a failed sync. A CNI ADD calls `admit` between allocating the pod's
-address and plumbing its interface: the address is in every set that selects the
-pod before the pod has a route, so no packet reaches it or leaves it unjudged.
+table is written whole at start and after a failed sync. A CNI ADD calls `admit`
+between allocating the pod's address and plumbing its interface: the address is in
+every set that selects the pod before the pod has a route, so no packet reaches it or
+leaves it unjudged.
 """
 
 from __future__ import annotations
