@@ -35,6 +35,7 @@ class AdmissionServer(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: str, admit: Admission) -> None:
         self.admit = admit
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)
         super().__init__(path, _Handler)
