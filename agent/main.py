@@ -46,7 +46,11 @@ def run(config: AgentConfig) -> int:
     agent.start()
     policy_socket = ""
     if agent.enforcer is not None:
-        agent.enforcer.sync(full=True)  # the table exists before any pod is added
+        try:  # the table exists before any pod is added
+            agent.enforcer.sync(full=True)
+        except Exception as err:  # pods are refused until a sync succeeds: fail closed
+            log.error("NetworkPolicy: the first sync failed (%s); pods are refused until "
+                      "one succeeds", err)
         policy_socket = admission.socket_path(config.socket)
         AdmissionServer(policy_socket, agent.enforcer.admit).start()
     server = CNIServer(config.socket, agent.cni_runners(), agent.metrics.observe_cni)

@@ -486,7 +486,7 @@ import socket, sys, threading, time
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 s = socket.socket(socket.AF_INET, kind)
-s.settimeout(0.3)
+s.settimeout(5)  # a refusal ends a wait at once; a busy machine must not look like one
 s.connect((host, port))
 while True:
     try:
