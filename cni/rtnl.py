@@ -259,17 +259,8 @@ def del_fdb(index: int, lladdr: str, destination: str = "") -> ndmsg:
 
 def add_route(family: int, dst: str, prefixlen: int, oif: int, scope: int,
               gateway: str = "", flags: int = 0) -> rtmsg:
-    route = _with_header(rtmsg(), RTM_NEWROUTE, CREATE)
-    route["family"], route["dst_len"], route["table"] = family, prefixlen, MAIN_TABLE
-    route["proto"], route["scope"], route["type"] = RTPROT_BOOT, scope, RTN_UNICAST
-    route["flags"] = flags
-    attrs: list[tuple[str, object]] = [("RTA_OIF", oif)]
-    if prefixlen:
-        attrs.append(("RTA_DST", dst))
-    if gateway:
-        attrs.append(("RTA_GATEWAY", gateway))
-    route["attrs"] = attrs
-    return route
+    return _route(RTM_NEWROUTE, CREATE, family, dst, prefixlen, RTPROT_BOOT, False, oif,
+                  gateway, flags, scope)
 
 
 def replace_route(family: int, dst: str, prefixlen: int, proto: int, *,
@@ -286,12 +277,14 @@ def del_route(family: int, dst: str, prefixlen: int, proto: int,
 
 
 def _route(kind: int, request: int, family: int, dst: str, prefixlen: int, proto: int,
-           blackhole: bool, oif: int = 0, gateway: str = "", flags: int = 0) -> rtmsg:
+           blackhole: bool, oif: int = 0, gateway: str = "", flags: int = 0,
+           scope: int = 0) -> rtmsg:
+    """A route in the main table; a default route (prefix length 0) has no RTA_DST."""
     message = _with_header(rtmsg(), kind, request)
     message["family"], message["dst_len"], message["table"] = family, prefixlen, MAIN_TABLE
-    message["proto"], message["flags"] = proto, flags
+    message["proto"], message["flags"], message["scope"] = proto, flags, scope
     message["type"] = RTN_BLACKHOLE if blackhole else RTN_UNICAST
-    attrs: list[tuple[str, object]] = [("RTA_DST", dst)]
+    attrs: list[tuple[str, object]] = [("RTA_DST", dst)] if prefixlen else []
     if oif:
         attrs.append(("RTA_OIF", oif))
     if gateway:
