@@ -28,6 +28,7 @@ from weft.agent.policy.render import (
     full_script,
     narrowed,
     render,
+    revoke_script,
 )
 from weft.cni.errors import INTERNAL, CNIError
 from weft.ipam.datastore import Datastore
@@ -62,7 +63,7 @@ def remove() -> bool:
 class Enforcer:
     def __init__(self, store: Datastore, local_addresses: LocalAddresses,
                  apply: Callable[[str], None] = nft,
-                 remove_denied: Callable[[flows.GrantsOf], int] = flows.remove_denied,
+                 remove_denied: Callable[[flows.GrantsOf, flows.Revoke], int] = flows.remove_denied,
                  observe: Callable[[float, Rendered, Cluster], None] | None = None) -> None:
         self.store = store
         self.local_addresses = local_addresses
@@ -137,9 +138,14 @@ class Enforcer:
         self._applied = rendered.ruleset
         self.rendered = rendered
         if old is None or narrowed(old, rendered.ruleset):
-            self._remove_denied(self.grants_of)
+            self._remove_denied(self.grants_of, self._revoke)
         if self._observe:
             self._observe(time.monotonic() - started, rendered, cluster)
+
+    def _revoke(self, flows: list[str]) -> None:
+        script = revoke_script(flows)
+        if script:
+            self._apply(script)
 
     def invalidate(self) -> None:
         """Write the table whole at the next sync (someone may have changed it)."""

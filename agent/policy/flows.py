@@ -4,8 +4,10 @@ The tables accept what conntrack already knows before any policy lookup (a packe
 an allowed connection costs one lookup), so a connection that a new policy denies
 would live on for as long as it keeps talking. After a change that narrows what is
 allowed, every entry to or from an isolated local pod is judged again with the same
-grants the tables were made from; the denied ones go, and the flow's next packet is
-new to conntrack, meets the rules and is refused.
+grants the tables were made from. The denied ones are revoked first (their 5-tuples go
+in the tables' `revoked` set, so no packet of theirs passes either way while their
+entries go), then deleted: the flow's next packet is refused, and an answer that was in
+flight cannot recreate the entry the other way round.
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ PROTOCOL_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP",
                   socket.IPPROTO_SCTP: "SCTP"}
 # (local pod address, direction) -> its grants, or None when it is not isolated
 GrantsOf = Callable[[str, str], list[Grant] | None]
+# puts `client . server . protocol . client port . server port` elements in `revoked`
+Revoke = Callable[[list[str]], None]
 
 
 def allowed(grants: list[Grant] | None, peer: str, protocol: str, port: int | None) -> bool:
     return grants is None or any(g.allows(peer, protocol, port) for g in grants)
 
 
-def remove_denied(grants_of: GrantsOf) -> int:
-    """Delete the entries of flows the grants deny; returns how many went."""
+def remove_denied(grants_of: GrantsOf, revoke: Revoke) -> int:
+    """Revoke and delete the entries of flows the grants deny; returns how many went."""
     deleted = 0
     with Conntrack() as ct:
-        denied = []
+        denied, revoked = [], []
         # The whole dump first: a delete amid it broke pyroute2's socket ("Event loop is
         # closed") for every later call in that thread.
         for entry in ct.dump_entries():
@@ -49,6 +53,10 @@ def remove_denied(grants_of: GrantsOf) -> int:
             if not (allowed(grants_of(source, EGRESS), destination, protocol, port) and
                     allowed(grants_of(destination, INGRESS), source, protocol, port)):
                 denied.append((entry, source, destination))
+                if protocol:
+                    revoked.append(f"{source} . {destination} . {protocol.lower()} . "
+                                   f"{orig.sport} . {port}")
+        revoke(revoked)
         for entry, source, destination in denied:
             try:
                 ct.delete(entry)

@@ -2,7 +2,8 @@
 
 Every decision is a set lookup, so a packet costs the same with 1 policy or 1,000:
 
-    forward (hook)   established/related: accept
+    forward (hook)   a revoked flow's packet, either way: refuse or drop
+                     established/related: accept
                      source is a local pod isolated for egress:     jump egress
                      destination is one isolated for ingress:       jump ingress
     input (hook)     the same for egress to the node itself
@@ -10,6 +11,11 @@ Every decision is a set lookup, so a packet costs the same with 1 policy or 1,00
                      (pod . destination . protocol . port) in out-ports: return
                      else count against the pod, refuse
     ingress          the same with (pod . source ...) in in-any / in-ports
+
+A revoked flow is one whose conntrack entry the agent deleted because policy now
+denies it (flows.py). Its 5-tuple stays in `revoked` for a while, so neither a packet
+in flight nor a reply the server was still sending recreates the entry the other way
+round (server to client: allowed, and the client's packets would then be its replies).
 
 Refused means a TCP reset or an ICMP admin-prohibited: a client learns at once that
 policy stopped it, instead of waiting out a timeout (a drop looks like a dead pod).
@@ -36,6 +42,12 @@ ISOLATED = {INGRESS: "in-isolated", EGRESS: "out-isolated"}
 ANY_SET = {INGRESS: "in-any", EGRESS: "out-any"}
 PORTS_SET = {INGRESS: "in-ports", EGRESS: "out-ports"}
 DENIED_MAP = {INGRESS: "in-denied", EGRESS: "out-denied"}
+REVOKED = "revoked"
+# Long enough for what was in flight and for a slow server's last answers; a flow
+# silent for longer is judged anew (conntrack forgets an idle UDP flow after 30 s).
+REVOKED_SECONDS = 30
+FLOW = "ip saddr . ip daddr . meta l4proto . th sport . th dport"
+REVERSED_FLOW = "ip daddr . ip saddr . meta l4proto . th dport . th sport"
 SETS = {
     **{name: "type ipv4_addr;" for name in ISOLATED.values()},
     **{name: "type ipv4_addr . ipv4_addr; flags interval;" for name in ANY_SET.values()},
@@ -45,16 +57,27 @@ SETS = {
 }
 
 CHAINS = f"""\
+  set {REVOKED} {{
+    type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service;
+    flags timeout; timeout {REVOKED_SECONDS}s;
+  }}
   chain forward {{
     type filter hook forward priority {PRIORITY}; policy accept;
+    {FLOW} @{REVOKED} goto refuse
+    {REVERSED_FLOW} @{REVOKED} drop
     ct state established,related accept
     ip saddr @{ISOLATED[EGRESS]} jump egress
     ip daddr @{ISOLATED[INGRESS]} jump ingress
   }}
   chain input {{
     type filter hook input priority {PRIORITY}; policy accept;
+    {FLOW} @{REVOKED} goto refuse
     ct state established,related accept
     ip saddr @{ISOLATED[EGRESS]} jump egress
+  }}
+  chain output {{
+    type filter hook output priority {PRIORITY}; policy accept;
+    {REVERSED_FLOW} @{REVOKED} drop
   }}
   chain egress {{
     ip saddr . ip daddr @{ANY_SET[EGRESS]} return
@@ -191,6 +214,14 @@ def change_script(old: Ruleset, new: Ruleset) -> str:
         if added:
             lines.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(sorted(added))} }}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def revoke_script(flows: Iterable[str]) -> str:
+    """Add revoked flows (`client . server . protocol . client port . server port`)."""
+    items = sorted(flows)
+    if not items:
+        return ""
+    return f"add element {FAMILY} {TABLE} {REVOKED} {{ {', '.join(items)} }}\n"
 
 
 def narrowed(old: Ruleset, new: Ruleset) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
 import socket
 import subprocess
 import sys
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 
 import netaddr
 import pytest
+from pyroute2 import Conntrack
 
 from weft.agent.policy import explain
 from weft.agent.policy.model import cluster_from_objects
 from weft.cni.netns import entered
 from weft.ipam.local import LocalStore
-from weft.lab import build, pods
+from weft.lab import build, netns, pods
 from weft.lab.state import LabState
 
 from ..waiting import eventually
@@ -556,6 +558,121 @@ def test_a_denying_policy_stops_established_flows_and_spares_allowed_ones(
     print(f"{protocol} flow z/b -> z/a stopped {stopped_at - changed_at:.2f}s after the write")
     spared = [line for line in lines["z/c"] if not line.endswith("ok")]
     assert spared == [], f"the allowed flow z/c -> z/a was interrupted: {spared}"
+
+
+# Answers its first datagram only when told (a line on stdin), then echoes at once.
+LATE_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9001))
+print("ready", flush=True)
+data, peer = s.recvfrom(100)
+print("got", data.decode(), flush=True)
+sys.stdin.readline()
+s.sendto(data, peer)
+print("sent", flush=True)
+while True:
+    data, peer = s.recvfrom(100)
+    print("got", data.decode(), flush=True)
+    s.sendto(data, peer)
+"""
+# Sends "1"; when told, waits 3 s for its answer, then sends "2" and waits for that
+# one's; prints what came back each time ("answer N"), or "silence", or the error.
+TWO_DATAGRAMS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 9001))
+s.send(b"1")
+sys.stdin.readline()
+for timeout, then in ((3, b"2"), (30, None)):
+    s.settimeout(timeout)
+    try:
+        print("answer", s.recv(100).decode(), flush=True)
+    except socket.timeout:
+        print("silence", flush=True)
+    except OSError as err:
+        print("refused:", err.strerror, flush=True)
+        break
+    if then:
+        s.send(then)
+"""
+
+
+def test_an_answer_sent_after_the_revocation_does_not_reopen_the_flow(lab: Lab) -> None:
+    """The race a denied UDP flow can win: its conntrack entry goes while the server is
+    still answering, and the answer makes a new entry the other way round (server to
+    client, which policy allows), under which the client's packets pass as replies.
+    Here the server answers only once the entry is gone, so the race is won every time."""
+    lab.reset()
+    check(lab, Reach(True), "no policy")  # the last test's policies are gone from the tables
+    server_node = lab.pod("z/a")["node"]
+    server = Lines(["nsenter", f"--net={lab.pod('z/a')['netns']}", sys.executable,
+                    "-c", LATE_ECHO])
+    client = None
+    try:
+        server.expect("ready")
+        client = Lines(["nsenter", f"--net={lab.pod('z/b')['netns']}", sys.executable,
+                        "-c", TWO_DATAGRAMS, lab.ip("z/a")])
+        server.expect("got 1")
+        lab.policy("z", "a-from-c", {**pod("a"), "ingress": [{"from": [pod("c")]}]})
+        assert eventually(lambda: not _udp_entries(netns.path(server_node), lab.ip("z/b"),
+                                                   9001), seconds=30), \
+            "the agent did not delete the denied flow's conntrack entry"
+        server.tell("answer now")
+        server.expect("sent")
+        client.tell("go")
+        told = [client.next(), client.next()]
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.stop()
+    assert told[0] == "silence", f"the late answer to the denied flow reached the client: {told}"
+    assert told[1].startswith("refused:"), f"the next datagram was not refused: {told}"
+    assert "got 2" not in server.seen, "the server heard the denied flow's next datagram"
+
+
+class Lines:
+    """A process in a pod, spoken to by lines; no read waits longer than `seconds`."""
+
+    def __init__(self, command: list[str], seconds: float = 60) -> None:
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.seconds = seconds
+        self.seen: list[str] = []
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.seen.append(line.strip())
+            self.lines.put(line.strip())
+
+    def next(self) -> str:
+        try:
+            return self.lines.get(timeout=self.seconds)
+        except queue.Empty:
+            pytest.fail(f"no line from the process in {self.seconds:.0f}s; it said {self.seen}")
+
+    def expect(self, line: str) -> None:
+        got = self.next()
+        assert got == line, f"expected {line!r}, got {got!r}"
+
+    def tell(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.reader.join()
+
+
+def _udp_entries(namespace: str, source: str, port: int) -> list:
+    with entered(namespace), Conntrack() as ct:
+        return [e for e in ct.dump_entries()
+                if e.tuple_orig and e.tuple_orig.proto == socket.IPPROTO_UDP
+                and e.tuple_orig.saddr == source and e.tuple_orig.dport == port]
 
 
 def _stopped(lines: list[str], since: float) -> bool:
