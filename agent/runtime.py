@@ -2,9 +2,11 @@
 
 The interpreter (and libpython when it is shared), the standard library without
 its tests and GUI parts, weft, and exactly the distributions weft depends on,
-copied into `<root>/versions/<id>`; `<root>/current` is a symlink swapped by an
-atomic rename, so a CNI binary that starts during an upgrade runs either the old
-runtime or the new one, never half of one.
+copied into `<root>/versions/<id>`, with every shared library those load that is
+not the C library's own (libexpat, libssl, libffi, libsqlite3...: a kind node has
+none of them, while its glibc must be the one its dynamic linker belongs to).
+`<root>/current` is a symlink swapped by an atomic rename, so a CNI binary that
+starts during an upgrade runs either the old runtime or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ import shutil
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
 
 SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                "pydoc_data", "site-packages", "dist-packages", "__phello__"}
 WEFT_PACKAGES = ("weft", "weft.cni", "weft.ipam", "weft.agent", "weft.agent.proxy",
-                 "weft.lab")
+                 "weft.agent.policy", "weft.lab", "weft.lab.kube", "weft.lab.kind")
+# glibc's libraries: the host's own, which must match its dynamic linker
+HOST_LIBRARIES = ("ld-linux", "libc.so.", "libm.so.", "libmvec.so.", "libpthread.so.",
+                  "libdl.so.", "librt.so.", "libutil.so.", "libresolv.so.", "libanl.so.",
+                  "libnss_", "libBrokenLocale.so.")
 
 
 def version_dir_name() -> str:
@@ -41,6 +51,7 @@ def build(root: Path) -> Path:
     _copy_weft(site)
     for dist in dependency_closure("weft"):
         _copy_distribution(dist, site)
+    _copy_libraries(staging)
     if target.exists():
         shutil.rmtree(target)
     os.rename(staging, target)
@@ -67,8 +78,8 @@ def needs_libpython() -> bool:
 
 
 def library_path(runtime: Path) -> str:
-    """LD_LIBRARY_PATH the interpreter needs ('' when libpython is linked in)."""
-    return str(runtime / "lib") if needs_libpython() else ""
+    """LD_LIBRARY_PATH the interpreter needs ('' when it loads no library of its own)."""
+    return str(runtime / "lib") if any((runtime / "lib").glob("*.so*")) else ""
 
 
 def site_packages_relative() -> Path:
@@ -115,12 +126,72 @@ def _copy_interpreter(target: Path) -> None:
         shutil.copy2(libdir / name, target / "lib" / name)
 
 
+def _copy_libraries(target: Path) -> None:
+    """Copy into `target/lib` what the runtime's ELF files need, transitively, except
+    glibc's libraries and what they find beside themselves (their RUNPATH)."""
+    libdir = target / "lib"
+    libdir.mkdir(exist_ok=True)
+    pending = list(elf_files(target))
+    seen = {p.name for p in libdir.glob("*.so*")}
+    while pending:
+        for name, runpath in needed_libraries(pending.pop()):
+            if name in seen or name.startswith(HOST_LIBRARIES) or any(
+                    (Path(d) / name).exists() for d in runpath):
+                continue
+            source = system_library(name)
+            if source is None:
+                raise RuntimeError(f"cannot find {name}, which the Python runtime needs; "
+                                   "install the package that has it")
+            shutil.copy2(source, libdir / name)
+            seen.add(name)
+            pending.append(libdir / name)
+
+
+def elf_files(root: Path) -> Iterator[Path]:
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and (
+                path.suffix == ".so" or ".so." in path.name or path.parent.name == "bin"):
+            with path.open("rb") as file:
+                if file.read(4) == b"\x7fELF":
+                    yield path
+
+
+def needed_libraries(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """The libraries an ELF file names (DT_NEEDED), with where it says to look first."""
+    with path.open("rb") as file:
+        dynamic = next((s for s in ELFFile(file).iter_sections()
+                        if isinstance(s, DynamicSection)), None)
+        if dynamic is None:
+            return
+        tags = list(dynamic.iter_tags())
+    runpath = [d.replace("$ORIGIN", str(path.parent)).replace("${ORIGIN}", str(path.parent))
+               for t in tags if t.entry.d_tag in ("DT_RUNPATH", "DT_RPATH")
+               for d in (getattr(t, "runpath", None) or getattr(t, "rpath", "")).split(":")
+               if d]
+    for tag in tags:
+        if tag.entry.d_tag == "DT_NEEDED":
+            yield tag.needed, runpath
+
+
+def system_library(name: str) -> Path | None:
+    """Where the dynamic linker would find `name` on this machine."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for directory in (sysconfig.get_config_var("LIBDIR") or "", f"/lib/{multiarch}",
+                      f"/usr/lib/{multiarch}", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
+                      "/usr/local/lib"):
+        candidate = Path(directory) / name
+        if directory and candidate.is_file():
+            return Path(os.path.realpath(candidate))
+    return None
+
+
 def _copy_stdlib(target: Path) -> Path:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     dest = target / "lib" / stdlib.name
     shutil.copytree(stdlib, dest, symlinks=False, ignore=lambda d, names: [
         n for n in names if (Path(d) == stdlib and (n in SKIP_STDLIB or
-                                                    n.startswith("config-")))])
+                                                    n.startswith("config-")))
+        or n.startswith("_tkinter")])  # the GUI's extension module: Tk and X11
     site = target / site_packages_relative()
     site.mkdir(parents=True, exist_ok=True)
     return site

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 import weft
-from weft.agent import native
+from weft.agent import native, runtime
 from weft.agent.install import CONFLIST_NAME, conflist, install, shim_kind
 from weft.lab import netns
 
@@ -91,3 +93,30 @@ def test_a_second_install_swaps_the_runtime_atomically(tmp_path):
     versions = sorted(p.name for p in (runtime / "versions").iterdir())
     assert len(versions) <= 2  # the current one and the one before
     assert os.readlink(runtime / "current").split("/")[-1] in versions
+
+
+def test_the_runtime_needs_nothing_of_the_host_but_its_c_library(tmp_path):
+    """A kind node has glibc and none of the other libraries Python loads (libssl,
+    libffi, libsqlite3, libexpat...): run the runtime in a root that holds only it and
+    glibc, and every extension module it has must load, and weft's CLI start."""
+    root = tmp_path / "host"
+    current = runtime.build(root / "opt" / "weft")
+    inside = Path("/") / current.relative_to(root)
+    with (current / "bin" / "python3").open("rb") as file:
+        linker = ELFFile(file).get_section_by_name(".interp").data().rstrip(b"\0").decode()
+    host = {Path(linker)} | {
+        runtime.system_library(name) for elf in runtime.elf_files(current)
+        for name, _ in runtime.needed_libraries(elf) if name.startswith(runtime.HOST_LIBRARIES)}
+    for library in host:
+        place = root / "lib" / library.name if str(library) != linker else root / linker[1:]
+        place.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(library, place)
+    dynload = next(current.glob("lib/python3*/lib-dynload"))
+    modules = sorted(p.name.split(".")[0] for p in dynload.glob("*.so"))
+    check = f"import {', '.join(modules)}; import weft.cli; print('loaded', {len(modules)})"
+    env = {"PATH": "/bin", "LD_LIBRARY_PATH": str(inside / "lib")}
+    command = [shutil.which("chroot"), str(root), str(inside / "bin" / "python3"), "-c", check]
+    proc = subprocess.run(command, capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().split() == ["loaded", str(len(modules))]
+    assert runtime.library_path(current) == str(current / "lib")
