@@ -198,6 +198,12 @@ def test_weft_on_kind(cluster: Kind) -> None:
     # What weft did on a node.
     assert cluster.on_node(worker, "ip", "route", "show", "proto", "88").strip()
     assert "WEFT-POSTROUTING" in cluster.on_node(worker, "iptables-nft-save")
+    # The runtime the CNI shim falls back to when no agent answers starts on a node
+    # that has no Python and none of the libraries Python loads.
+    loaded = cluster.on_node(worker, "env", "LD_LIBRARY_PATH=/opt/weft/current/lib",
+                             "/opt/weft/current/bin/python3", "-c",
+                             "import pyexpat, ssl, sqlite3, ctypes, weft.cli; print('loaded')")
+    assert loaded.strip() == "loaded"
 
     # Uninstall, keeping the cluster.
     cluster.kubectl("delete", "-f", str(REPO / "manifests" / "examples" / "connectivity.yaml"),
