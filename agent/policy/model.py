@@ -286,6 +286,7 @@ class Cluster:
     # the renderer keys its work by their identity (see render.Cache).
     interned: dict[ranges.Ranges, ranges.Ranges] = field(default_factory=dict, repr=False)
     _by_ip: dict[str, Pod] = field(default_factory=dict, init=False, repr=False)
+    _by_key: dict[str, Pod] = field(default_factory=dict, init=False, repr=False)
     _by_namespace: dict[str, list[Policy]] = field(default_factory=dict, init=False, repr=False)
     # (policy namespace, peer) -> the pods it selects and their addresses: computed once
     # per model, not once per pod the policy selects
@@ -294,6 +295,8 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self._by_ip = {p.ip: p for p in self.pods if p.ip and not p.host_network}
+        for pod in self.pods:  # the first of a name wins, as a scan in order would find
+            self._by_key.setdefault(pod.key, pod)
         for policy in self.policies:
             self._by_namespace.setdefault(policy.namespace, []).append(policy)
 
@@ -301,7 +304,7 @@ class Cluster:
         return self._by_ip.get(address)
 
     def find(self, key: str) -> Pod | None:
-        return next((p for p in self.pods if p.key == key), None)
+        return self._by_key.get(key)
 
     def selecting(self, pod: Pod, direction: str) -> list[Policy]:
         """The policies that isolate `pod` for `direction`."""
