@@ -179,12 +179,12 @@ def test_weft_on_kind(cluster: Kind) -> None:
     failed = [(pod, ip) for pod in pods for ip, answering in by_ip.items()
               if curl(cluster, pod, f"http://{ip}:8080/hostname") != answering]
     if failed:
-        routes = {n: cluster.on_node(n, "ip", "route", "show", "proto", "88") for n in nodes}
+        dataplane = node_dataplane(cluster, nodes)
         time.sleep(30)
         later = [(pod, ip) for pod, ip in failed
                  if curl(cluster, pod, f"http://{ip}:8080/hostname") != by_ip[ip]]
         pytest.fail(f"pod to pod failed: {failed} ({pods}); 30 s later still {later}; "
-                    f"weft's routes then: {routes}")
+                    f"the nodes then:\n{dataplane}\n{diagnosis(cluster)}")
     for pod in pods:
         assert {curl(cluster, pod, "http://echo/hostname") for _ in range(6)} <= set(pods)
     node_ips = {n["metadata"]["name"]: internal_ip(n)
@@ -251,6 +251,15 @@ def diagnosis(cluster: Kind) -> str:
                              "-c", "agent", "--tail=20", "--prefix", check=False),
              subprocess.run(["uptime"], capture_output=True, text=True).stdout]
     return "\n".join(str(p) for p in parts)
+
+
+def node_dataplane(cluster: Kind, nodes: list[str]) -> str:
+    """What a failed probe shows: each node's routes, links, rules and policy table."""
+    looks = [("ip", "route"), ("ip", "-br", "link"), ("ip", "-br", "addr"),
+             ("iptables-nft-save",), ("nft", "list", "table", "inet", "weft"),
+             ("sysctl", "net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter")]
+    return "\n".join(f"--- {node}: {' '.join(look)}\n{cluster.on_node(node, *look, check=False)}"
+                     for node in nodes for look in looks)
 
 
 def kubectl_json(cluster: Kind, *args: str) -> dict:
