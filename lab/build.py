@@ -28,6 +28,7 @@ from weft.lab.state import LabState, lab_root, load
 
 Progress = Callable[[str], None]
 INTERNET_PORT = 8080
+STOP_ROUNDS = 5  # `down` stops what the lab's namespaces hold, looking again up to this often
 SYSTEM_CNI_PATH = "/usr/lib/cni"
 
 
@@ -317,9 +318,14 @@ def down(name: str, progress: Progress) -> None:
     victims = processes_in(namespaces)
     if state is not None:
         victims |= {pid for pid in state.processes.values() if alive(pid)}
-    if victims:
+    # An agent stopping may still respawn a CNI worker it just lost: look again until
+    # the namespaces hold no process.
+    for _ in range(STOP_ROUNDS):
+        if not victims:
+            break
         progress(f"stopping {len(victims)} processes")
         stop(victims)
+        victims = {pid for pid in processes_in(namespaces) if alive(pid)}
     if namespaces:
         progress(f"removing {len(namespaces)} namespaces")
     for ns in namespaces:
