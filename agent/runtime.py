@@ -128,7 +128,9 @@ def _copy_interpreter(target: Path) -> None:
 
 def _copy_libraries(target: Path) -> None:
     """Copy into `target/lib` what the runtime's ELF files need, transitively, except
-    glibc's libraries and what they find beside themselves (their RUNPATH)."""
+    glibc's libraries and what their RUNPATH finds inside the runtime (a wheel's own
+    libraries beside it); a RUNPATH to a directory of this machine counts for nothing
+    on another host."""
     libdir = target / "lib"
     libdir.mkdir(exist_ok=True)
     pending = list(elf_files(target))
@@ -136,7 +138,8 @@ def _copy_libraries(target: Path) -> None:
     while pending:
         for name, runpath in needed_libraries(pending.pop()):
             if name in seen or name.startswith(HOST_LIBRARIES) or any(
-                    (Path(d) / name).exists() for d in runpath):
+                    (Path(d) / name).exists() and Path(os.path.realpath(d)).is_relative_to(
+                        os.path.realpath(target)) for d in runpath):
                 continue
             source = system_library(name)
             if source is None:
