@@ -36,6 +36,7 @@ from weft.ipam.datastore import Datastore
 log = logging.getLogger(__name__)
 
 WATCHED = ("Pod", "Namespace", "NetworkPolicy")
+SLOW_SYNC_SECONDS = 1.0  # a sync this long delays policy and blocks CNI ADDs: say where
 # namespace/name -> address, of the pods IPAM has given an address on this node
 LocalAddresses = Callable[[], Mapping[str, str]]
 
@@ -128,6 +129,7 @@ class Enforcer:
         if extra is not None and extra.key not in local:
             on_node.append(cluster.find(extra.key))
         rendered = render(cluster, [p for p in on_node if p is not None], self._cache)
+        modelled = time.monotonic()
         old = self._applied
         if full or old is None:
             self._apply(full_script(rendered.ruleset))
@@ -137,10 +139,16 @@ class Enforcer:
                 self._apply(script)
         self._applied = rendered.ruleset
         self.rendered = rendered
+        written = time.monotonic()
         if old is None or narrowed(old, rendered.ruleset):
             self._remove_denied(self.grants_of, self._revoke)
+        done = time.monotonic()
+        if done - started >= SLOW_SYNC_SECONDS:
+            log.warning("a NetworkPolicy sync took %.1fs: %.1fs to model and render, %.1fs "
+                        "for nft, %.1fs to judge established flows", done - started,
+                        modelled - started, written - modelled, done - written)
         if self._observe:
-            self._observe(time.monotonic() - started, rendered, cluster)
+            self._observe(done - started, rendered, cluster)
 
     def _revoke(self, flows: list[str]) -> None:
         script = revoke_script(flows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from weft.agent.policy import explain
 from weft.agent.policy.model import cluster_from_objects
 from weft.cni.netns import entered
 from weft.ipam.local import LocalStore
-from weft.lab import build, netns, pods
+from weft.lab import build, netns, pods, processes
 from weft.lab.state import LabState
 
 from ..waiting import eventually
@@ -184,11 +185,31 @@ def check(lab: Lab, expected: Reach, what: str) -> None:
 
     if not eventually(matches, seconds=20, interval=0.2):
         wrong = expected.mismatches(seen)
-        pytest.fail(f"{what}: {len(wrong)} probes differ:\n" + "\n".join(wrong[:30]))
+        pytest.fail(f"{what}: {len(wrong)} probes differ:\n" + "\n".join(wrong[:30]) +
+                    "\n" + dataplane(lab, sorted({w.split()[2] for w in wrong})))
     told = lab.explained(probes)
     disagree = [f"{p}: explain says {'allowed' if told[p] else 'denied'}"
                 for p in probes if told[p] != seen[p]]
     assert not disagree, f"{what}: explain disagrees with the traffic:\n" + "\n".join(disagree)
+
+
+def dataplane(lab: Lab, keys: list[str]) -> str:
+    """What a failed probe shows, for the nodes of the pods it names: weft's table, the
+    agent's last words, and whether each pod's servers still run."""
+    nodes = sorted({lab.pod(k)["node"] for k in keys})
+    shown = []
+    for node in nodes:
+        table = subprocess.run(["nsenter", f"--net={netns.path(node)}", "nft", "list", "table",
+                                "inet", "weft"], capture_output=True, text=True, check=False)
+        log = lab.state.node_dir(node) / "agent.log"
+        tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+        shown += [f"--- {node}: nft list table inet weft", table.stdout + table.stderr,
+                  f"--- {node}: the last lines of {log}", *tail]
+    for key in keys:
+        sandbox = lab.pod(key)["netns"]
+        running = processes.processes_in([os.path.basename(sandbox)])
+        shown.append(f"--- {key} ({lab.ip(key)}, {sandbox}): processes {sorted(running)}")
+    return "\n".join(shown)
 
 
 def pod(name: str) -> dict:
@@ -513,6 +534,7 @@ socketserver.ThreadingTCPServer.allow_reuse_address = True
 for server in (socketserver.ThreadingTCPServer(("0.0.0.0", 9000), T),
                socketserver.ThreadingUDPServer(("0.0.0.0", 9000), U)):
     threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
 threading.Event().wait()
 """
 
@@ -521,11 +543,12 @@ threading.Event().wait()
 def test_a_denying_policy_stops_established_flows_and_spares_allowed_ones(
         lab: Lab, protocol: str) -> None:
     lab.reset()
-    server = subprocess.Popen(["nsenter", f"--net={lab.pod('z/a')['netns']}", sys.executable,
-                               "-c", SERVE])
+    check(lab, Reach(True), "no policy")  # the last test's policies are gone from the tables
+    server = Lines(["nsenter", f"--net={lab.pod('z/a')['netns']}", sys.executable, "-c", SERVE])
     streams = {}
+    readers: list[threading.Thread] = []
     try:
-        time.sleep(0.5)
+        server.expect("ready")  # bound: a client that starts now is not refused
         for client in ("z/b", "z/c"):  # z/b will be denied, z/c stays allowed
             streams[client] = subprocess.Popen(
                 ["nsenter", f"--net={lab.pod(client)['netns']}", sys.executable, "-c", STREAM,
@@ -551,8 +574,7 @@ def test_a_denying_policy_stops_established_flows_and_spares_allowed_ones(
         for proc in streams.values():
             proc.kill()
             proc.wait()
-        server.kill()
-        server.wait()
+        server.stop()
         for reader in readers:
             reader.join()
     print(f"{protocol} flow z/b -> z/a stopped {stopped_at - changed_at:.2f}s after the write")
