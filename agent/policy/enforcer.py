@@ -1,11 +1,13 @@
 """The agent's NetworkPolicy controller: model, render, one nft transaction, conntrack.
 
 Level-triggered like the routes: it syncs on every change to Pods, Namespaces or
-NetworkPolicies and at every resync, writing only the set elements that differ; the
-table is written whole at start and after a failed sync. A CNI ADD calls `admit`
-between allocating the pod's address and plumbing its interface: the address is in
-every set that selects the pod before the pod has a route, so no packet reaches it or
-leaves it unjudged.
+NetworkPolicies and at every resync, writing only the chains and map entries that
+differ; the table is written whole at start and after a failed sync. A CNI ADD calls
+`admit` between allocating the pod's address and plumbing its interface: the address
+is in the maps that send it to its chains before the pod has a route, so no packet
+reaches it or leaves it unjudged. A thread of its own then judges the established
+flows of the pods whose grants changed (flows.py), so neither the next change nor an
+ADD waits for conntrack.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from weft.agent.policy.render import (
     Ruleset,
     change_script,
     full_script,
-    narrowed,
+    judged_again,
     render,
     revoke_script,
 )
@@ -64,7 +66,7 @@ def remove() -> bool:
 class Enforcer:
     def __init__(self, store: Datastore, local_addresses: LocalAddresses,
                  apply: Callable[[str], None] = nft,
-                 remove_denied: Callable[[flows.GrantsOf, flows.Revoke], int] = flows.remove_denied,
+                 remove_denied: flows.RemoveDenied = flows.remove_denied,
                  observe: Callable[[float, Rendered, Cluster], None] | None = None) -> None:
         self.store = store
         self.local_addresses = local_addresses
@@ -76,6 +78,12 @@ class Enforcer:
         self.rendered: Rendered | None = None
         self._cache = Cache()
         self.problems: list[str] = []
+        # The flows to judge again, for the judge thread: the pods whose grants changed,
+        # and whether every flow is (after the table was written whole).
+        self._pending_lock = threading.Lock()
+        self._pending: set[tuple[str, str]] = set()
+        self._pending_all = False
+        self._judge_wake = threading.Event()
 
     def sync(self, full: bool = False, extra: Pod | None = None) -> None:
         """Make the table match the datastore (raises NftError, CNIError)."""
@@ -139,16 +147,44 @@ class Enforcer:
                 self._apply(script)
         self._applied = rendered.ruleset
         self.rendered = rendered
-        written = time.monotonic()
-        if old is None or narrowed(old, rendered.ruleset):
-            self._remove_denied(self.grants_of, self._revoke)
         done = time.monotonic()
+        self._judge(None if old is None else judged_again(old, rendered.ruleset))
         if done - started >= SLOW_SYNC_SECONDS:
             log.warning("a NetworkPolicy sync took %.1fs: %.1fs to model and render, %.1fs "
-                        "for nft, %.1fs to judge established flows", done - started,
-                        modelled - started, written - modelled, done - written)
+                        "for nft", done - started, modelled - started, done - modelled)
         if self._observe:
             self._observe(done - started, rendered, cluster)
+
+    def _judge(self, pods: list[tuple[str, str]] | None) -> None:
+        """Have the judge thread look at these pods' flows again (None: every flow).
+        Not in the sync: decoding conntrack entries takes CPU that policy changes and
+        new pods' ADDs must not wait for."""
+        if pods == []:
+            return
+        with self._pending_lock:
+            if pods is None:
+                self._pending_all = True
+            else:
+                self._pending.update(pods)
+        self._judge_wake.set()
+
+    def _judge_flows(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self._judge_wake.wait(timeout=1.0):
+                continue
+            self._judge_wake.clear()
+            with self._pending_lock:
+                pods = None if self._pending_all else sorted(self._pending)
+                self._pending, self._pending_all = set(), False
+            started = time.monotonic()
+            try:
+                self._remove_denied(self.grants_of, self._revoke, pods)
+            except Exception:
+                log.exception("failed to stop the established flows policy now denies")
+            if time.monotonic() - started >= SLOW_SYNC_SECONDS:
+                log.warning("judging the established flows of %s took %.1fs",
+                            "every pod" if pods is None else f"{len(pods)} pod direction(s)",
+                            time.monotonic() - started)
 
     def _revoke(self, flows: list[str]) -> None:
         script = revoke_script(flows)
@@ -166,12 +202,10 @@ class Enforcer:
         return rendered.grants.get((address, direction))
 
     def run(self, stop: threading.Event, resync_seconds: float) -> None:
-        """Sync at every change, and every `resync_seconds` from the datastore anew.
-
-        The periodic pass writes only what differs, as a change does: nft 1.0.6 takes
-        minutes of CPU to write interval sets of tens of thousands of elements whole
-        (1,000 policies over 100 pods of a node), so the table is written whole only at
-        start and after a failed sync."""
+        """Sync at every change, and every `resync_seconds` from the datastore anew
+        (the periodic pass writes only what differs, as a change does)."""
+        threading.Thread(target=self._judge_flows, args=(stop,), name="policy-flows",
+                         daemon=True).start()
         seen = ""
         last_full = time.monotonic()
         while not stop.is_set():

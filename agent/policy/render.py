@@ -1,16 +1,23 @@
-"""The node's NetworkPolicy as nftables: weft's own table, fixed chains, and sets.
+"""The node's NetworkPolicy as nftables: weft's own table, a chain per grant list.
 
-Every decision is a set lookup, so a packet costs the same with 1 policy or 1,000:
+A packet costs one map lookup per direction and one set lookup in its pod's chain,
+with 1 policy or 1,000:
 
     forward (hook)   a revoked flow's packet, either way: refuse or drop
                      established/related: accept
-                     source is a local pod isolated for egress:     jump egress
-                     destination is one isolated for ingress:       jump ingress
+                     source address in out-pods:       jump to its egress chain
+                     destination address in in-pods:   jump to its ingress chain
     input (hook)     the same for egress to the node itself
-    egress           (pod . destination) in out-any, or
-                     (pod . destination . protocol . port) in out-ports: return
-                     else count against the pod, refuse
-    ingress          the same with (pod . source ...) in in-any / in-ports
+    in-<digest>      peer in <chain>-any, or (peer . protocol . port) in <chain>-ports:
+                     return; else count against the pod, refuse
+                     (out-<digest> is the same for egress)
+
+Pods that the same policies select have the same grants, so they share a chain: a
+chain is named by the digest of what it allows. A policy change adds the chains of
+the grant lists that are new, moves pods' map entries to them and deletes the chains
+no pod uses any more; no set is rewritten element by element. nft 1.0.6 takes minutes
+of CPU on one concatenated interval set of tens of thousands of elements (every pod's
+grants in one set, the first design), and milliseconds on hundreds of small ones.
 
 A revoked flow is one whose conntrack entry the agent deleted because policy now
 denies it (flows.py). Its 5-tuple stays in `revoked` for a while, so neither a packet
@@ -20,13 +27,15 @@ round (server to client: allowed, and the client's packets would then be its rep
 Refused means a TCP reset or an ICMP admin-prohibited: a client learns at once that
 policy stopped it, instead of waiting out a timeout (a drop looks like a dead pod).
 
-The elements of an interval set must not overlap, so each pod's grants are cut
-into disjoint pieces: per protocol, the port axis is split where any grant starts
-or ends, and each piece takes the union of the addresses of the grants covering it.
+The elements of an interval set must not overlap, so a chain's grants are cut into
+disjoint pieces: per protocol, the port axis is split where any grant starts or ends,
+and each piece takes the union of the addresses of the grants covering it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,73 +47,106 @@ TABLE = "weft"
 FAMILY = "inet"
 PRIORITY = "filter - 5"  # before iptables' filter chains: a refusal there is final anyway
 
-ISOLATED = {INGRESS: "in-isolated", EGRESS: "out-isolated"}
-ANY_SET = {INGRESS: "in-any", EGRESS: "out-any"}
-PORTS_SET = {INGRESS: "in-ports", EGRESS: "out-ports"}
-DENIED_MAP = {INGRESS: "in-denied", EGRESS: "out-denied"}
+PODS_MAP = {INGRESS: "in-pods", EGRESS: "out-pods"}  # isolated pod -> jump its chain
+DENIED_MAP = {INGRESS: "in-denied", EGRESS: "out-denied"}  # pod -> its denied counter
+PREFIX = {INGRESS: "in", EGRESS: "out"}
+# (the pod's address, the peer's) in the packet, by direction
+POD_FIELD = {INGRESS: "ip daddr", EGRESS: "ip saddr"}
+PEER_FIELD = {INGRESS: "ip saddr", EGRESS: "ip daddr"}
 REVOKED = "revoked"
 # Long enough for what was in flight and for a slow server's last answers; a flow
 # silent for longer is judged anew (conntrack forgets an idle UDP flow after 30 s).
 REVOKED_SECONDS = 30
 FLOW = "ip saddr . ip daddr . meta l4proto . th sport . th dport"
 REVERSED_FLOW = "ip daddr . ip saddr . meta l4proto . th dport . th sport"
-SETS = {
-    **{name: "type ipv4_addr;" for name in ISOLATED.values()},
-    **{name: "type ipv4_addr . ipv4_addr; flags interval;" for name in ANY_SET.values()},
-    **{name: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval;"
-       for name in PORTS_SET.values()},
-    **{name: "type ipv4_addr : counter;" for name in DENIED_MAP.values()},
-}
+ANY_TYPE = "type ipv4_addr; flags interval;"
+PORTS_TYPE = "type ipv4_addr . inet_proto . inet_service; flags interval;"
 
-CHAINS = f"""\
+# What every table holds before the chains of the grant lists (which refuse), and the
+# hooks after them (which jump to those chains through the maps).
+FIXED_HEAD = f"""\
   set {REVOKED} {{
     type ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service;
     flags timeout; timeout {REVOKED_SECONDS}s;
-  }}
-  chain forward {{
-    type filter hook forward priority {PRIORITY}; policy accept;
-    {FLOW} @{REVOKED} goto refuse
-    {REVERSED_FLOW} @{REVOKED} drop
-    ct state established,related accept
-    ip saddr @{ISOLATED[EGRESS]} jump egress
-    ip daddr @{ISOLATED[INGRESS]} jump ingress
-  }}
-  chain input {{
-    type filter hook input priority {PRIORITY}; policy accept;
-    {FLOW} @{REVOKED} goto refuse
-    ct state established,related accept
-    ip saddr @{ISOLATED[EGRESS]} jump egress
-  }}
-  chain output {{
-    type filter hook output priority {PRIORITY}; policy accept;
-    {REVERSED_FLOW} @{REVOKED} drop
-  }}
-  chain egress {{
-    ip saddr . ip daddr @{ANY_SET[EGRESS]} return
-    ip saddr . ip daddr . meta l4proto . th dport @{PORTS_SET[EGRESS]} return
-    counter name ip saddr map @{DENIED_MAP[EGRESS]}
-    goto refuse
-  }}
-  chain ingress {{
-    ip daddr . ip saddr @{ANY_SET[INGRESS]} return
-    ip daddr . ip saddr . meta l4proto . th dport @{PORTS_SET[INGRESS]} return
-    counter name ip daddr map @{DENIED_MAP[INGRESS]}
-    goto refuse
   }}
   chain refuse {{
     meta l4proto tcp reject with tcp reset
     reject with icmpx admin-prohibited
   }}
 """
+FIXED_TAIL = f"""\
+  chain forward {{
+    type filter hook forward priority {PRIORITY}; policy accept;
+    {FLOW} @{REVOKED} goto refuse
+    {REVERSED_FLOW} @{REVOKED} drop
+    ct state established,related accept
+    ip saddr vmap @{PODS_MAP[EGRESS]}
+    ip daddr vmap @{PODS_MAP[INGRESS]}
+  }}
+  chain input {{
+    type filter hook input priority {PRIORITY}; policy accept;
+    {FLOW} @{REVOKED} goto refuse
+    ct state established,related accept
+    ip saddr vmap @{PODS_MAP[EGRESS]}
+  }}
+  chain output {{
+    type filter hook output priority {PRIORITY}; policy accept;
+    {REVERSED_FLOW} @{REVOKED} drop
+  }}
+"""
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What one grant list allows, as the chain its pods jump to: `anywhere` peers on
+    any protocol and port, `ports` as `peer . protocol . port` pieces."""
+
+    direction: str
+    anywhere: tuple[str, ...]
+    ports: tuple[str, ...]
+
+    @functools.cached_property
+    def name(self) -> str:
+        digest = hashlib.sha1("\n".join((self.direction, *self.anywhere, "", *self.ports))
+                              .encode()).hexdigest()[:16]
+        return f"{PREFIX[self.direction]}-{digest}"
+
+    def declaration(self) -> str:
+        """Its sets and the chain, as they stand inside a `table` block."""
+        name, peer = self.name, PEER_FIELD[self.direction]
+        lines, rules = [], []
+        if self.anywhere:
+            lines.append(f"  set {name}-any {{ {ANY_TYPE} elements = {{ "
+                         f"{', '.join(self.anywhere)} }} }}")
+            rules.append(f"{peer} @{name}-any return")
+        if self.ports:
+            lines.append(f"  set {name}-ports {{ {PORTS_TYPE} elements = {{ "
+                         f"{', '.join(self.ports)} }} }}")
+            rules.append(f"{peer} . meta l4proto . th dport @{name}-ports return")
+        rules += [f"counter name {POD_FIELD[self.direction]} map @{DENIED_MAP[self.direction]}",
+                  "goto refuse"]
+        lines.append(f"  chain {name} {{\n" + "".join(f"    {r}\n" for r in rules) + "  }")
+        return "\n".join(lines) + "\n"
+
+    def deletion(self) -> str:
+        """Deletes it, then its sets (which its rules name)."""
+        name = self.name
+        lines = [f"flush chain {FAMILY} {TABLE} {name}", f"delete chain {FAMILY} {TABLE} {name}"]
+        lines += [f"delete set {FAMILY} {TABLE} {name}-{kind}"
+                  for kind, items in (("any", self.anywhere), ("ports", self.ports)) if items]
+        return "\n".join(lines) + "\n"
 
 
 @dataclass
 class Ruleset:
-    """The elements of every set and map, and the counters the maps name."""
+    """Which chain each isolated local pod jumps to, per direction, and those chains."""
 
-    elements: dict[str, frozenset[str]] = field(default_factory=lambda: {
-        name: frozenset() for name in SETS})
-    counters: frozenset[str] = frozenset()
+    pods: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        INGRESS: {}, EGRESS: {}})  # direction -> pod address -> chain name
+    chains: dict[str, Chain] = field(default_factory=dict)
+
+    def counters(self) -> set[str]:
+        return {counter_name(d, ip) for d, by_pod in self.pods.items() for ip in by_pod}
 
 
 @dataclass
@@ -117,31 +159,30 @@ class Rendered:
 
 
 def counter_name(direction: str, address: str) -> str:
-    return f"{'in' if direction == INGRESS else 'out'}-denied-{address.replace('.', '-')}"
+    return f"{PREFIX[direction]}-denied-{address.replace('.', '-')}"
 
 
 class Cache:
-    """A pod's elements by what its grants are, across pods and syncs: pods that the same
-    policies select get the same pieces, and a sync recomputes only what changed. Keys
-    hold the identity of interned address sets, so the model's `interned` dict must live
-    as long as this cache (the enforcer keeps both and drops both when they grow)."""
+    """A grant list's chain, across pods and syncs: pods that the same policies select
+    share it, and a sync recomputes only what changed. Keys hold the identity of
+    interned address sets, so the model's `interned` dict must live as long as this
+    cache (the enforcer keeps both and drops both when they grow)."""
 
     LIMIT = 20_000
 
     def __init__(self) -> None:
         self.interned: dict[ranges.Ranges, ranges.Ranges] = {}
-        self.pieces: dict[tuple, tuple[list[str], list[str]]] = {}
+        self.chains: dict[tuple, Chain] = {}
 
     def trim(self) -> None:
-        if len(self.pieces) > self.LIMIT or len(self.interned) > self.LIMIT:
+        if len(self.chains) > self.LIMIT or len(self.interned) > self.LIMIT:
             self.interned.clear()
-            self.pieces.clear()
+            self.chains.clear()
 
 
 def render(cluster: Cluster, local: Iterable[Pod], cache: Cache | None = None) -> Rendered:
     cache = cache or Cache()
-    elements: dict[str, set[str]] = {name: set() for name in SETS}
-    counters: set[str] = set()
+    ruleset = Ruleset()
     grants: dict[tuple[str, str], list[Grant] | None] = {}
     pods = {}
     for pod in local:
@@ -153,67 +194,94 @@ def render(cluster: Cluster, local: Iterable[Pod], cache: Cache | None = None) -
             grants[(pod.ip, direction)] = granted
             if granted is None:
                 continue
-            counter = counter_name(direction, pod.ip)
-            counters.add(counter)
-            elements[ISOLATED[direction]].add(pod.ip)
-            elements[DENIED_MAP[direction]].add(f'{pod.ip} : "{counter}"')
-            key = tuple((g.protocol, g.low, g.high, id(g.addresses)) for g in granted)
-            if key not in cache.pieces:
-                cache.pieces[key] = _pieces(granted)
-            anywhere, ports = cache.pieces[key]
-            elements[ANY_SET[direction]].update(f"{pod.ip} . {span}" for span in anywhere)
-            elements[PORTS_SET[direction]].update(f"{pod.ip} . {piece}" for piece in ports)
-    ruleset = Ruleset({name: frozenset(v) for name, v in elements.items()}, frozenset(counters))
+            key = (direction, *((g.protocol, g.low, g.high, id(g.addresses)) for g in granted))
+            chain = cache.chains.get(key)
+            if chain is None:
+                chain = cache.chains[key] = Chain(direction, *_pieces(granted))
+            ruleset.pods[direction][pod.ip] = chain.name
+            ruleset.chains[chain.name] = chain
     return Rendered(ruleset, grants, pods)
 
 
-def _pieces(granted: list[Grant]) -> tuple[list[str], list[str]]:
-    """One pod's grants as what follows its address in the any and ports sets."""
+def _pieces(granted: list[Grant]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A grant list as the elements of its chain's any and ports sets."""
     anywhere = ranges.merge(r for g in granted if g.protocol == ANY for r in g.addresses)
     by_protocol: dict[str, list[Grant]] = {}
     for grant in granted:
         if grant.protocol != ANY:
             by_protocol.setdefault(grant.protocol, []).append(grant)
     ports = []
-    for protocol, pieces in by_protocol.items():
+    for protocol, pieces in sorted(by_protocol.items()):
         for low, high, addresses in _disjoint(pieces):
             numbers = str(low) if low == high else f"{low}-{high}"
             ports += [f"{span} . {protocol.lower()} . {numbers}"
                       for span in ranges.spans(addresses)]
-    return ranges.spans(anywhere), ports
+    return tuple(ranges.spans(anywhere)), tuple(ports)
 
 
 def full_script(ruleset: Ruleset) -> str:
-    """Replace weft's table whole, in one transaction (packets see old or new)."""
-    body = [f"  counter {name} {{ }}" for name in sorted(ruleset.counters)]
-    for name, kind in SETS.items():
-        items = sorted(ruleset.elements[name])
-        contents = f" elements = {{ {', '.join(items)} }}" if items else ""
-        word = "map" if ":" in kind.split(";")[0] else "set"
-        body.append(f"  {word} {name} {{ {kind}{contents} }}")
+    """Replace weft's table whole, in one transaction (packets see old or new). What a
+    rule or an element names comes before it."""
+    body = [f"  counter {name} {{ }}" for name in sorted(ruleset.counters())]
+    body += [f"  map {DENIED_MAP[d]} {{ type ipv4_addr : counter;"
+             f"{_contents(_counted(ruleset, d))} }}" for d in (INGRESS, EGRESS)]
+    body.append(FIXED_HEAD.rstrip("\n"))
+    body += [ruleset.chains[name].declaration().rstrip("\n") for name in sorted(ruleset.chains)]
+    body += [f"  map {PODS_MAP[d]} {{ type ipv4_addr : verdict;"
+             f"{_contents(_jumps(ruleset, d))} }}" for d in (INGRESS, EGRESS)]
+    body.append(FIXED_TAIL.rstrip("\n"))
     return (f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
-            f"table {FAMILY} {TABLE} {{\n" + "\n".join(body) + "\n" + CHAINS + "}\n")
+            f"table {FAMILY} {TABLE} {{\n" + "\n".join(body) + "\n}\n")
 
 
 def change_script(old: Ruleset, new: Ruleset) -> str:
-    """What turns `old` into `new`, in one transaction: removals first (map entries
-    before the counters they name), then additions (counters before their entries)."""
+    """What turns `old` into `new`, in one transaction: the new chains and counters
+    first, then the pods' map entries, then what nothing uses any more."""
     lines = []
-    maps = [name for name in SETS if name in DENIED_MAP.values()]
-    plain = [name for name in SETS if name not in maps]
-    for name in maps + plain:
-        gone = old.elements[name] - new.elements[name]
-        if gone:
-            lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(sorted(gone))} }}")
-    lines += [f"delete counter {FAMILY} {TABLE} {name}"
-              for name in sorted(old.counters - new.counters)]
+    added = [new.chains[name] for name in sorted(new.chains.keys() - old.chains.keys())]
+    if added:
+        lines.append(f"table {FAMILY} {TABLE} {{\n" +
+                     "".join(chain.declaration() for chain in added) + "}")
+    old_counters, new_counters = old.counters(), new.counters()
     lines += [f"add counter {FAMILY} {TABLE} {name}"
-              for name in sorted(new.counters - old.counters)]
-    for name in plain + maps:
-        added = new.elements[name] - old.elements[name]
-        if added:
-            lines.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(sorted(added))} }}")
+              for name in sorted(new_counters - old_counters)]
+    for direction in (INGRESS, EGRESS):
+        was, now = old.pods[direction], new.pods[direction]
+        moved = sorted(ip for ip in was.keys() & now.keys() if was[ip] != now[ip])
+        gone = sorted(was.keys() - now.keys())
+        came = sorted(now.keys() - was.keys())
+        if gone or moved:
+            lines.append(f"delete element {FAMILY} {TABLE} {PODS_MAP[direction]} "
+                         f"{{ {', '.join(gone + moved)} }}")
+        if came or moved:
+            jumps = ", ".join(f"{ip} : jump {now[ip]}" for ip in sorted(came + moved))
+            lines.append(f"add element {FAMILY} {TABLE} {PODS_MAP[direction]} {{ {jumps} }}")
+        if gone:
+            lines.append(f"delete element {FAMILY} {TABLE} {DENIED_MAP[direction]} "
+                         f"{{ {', '.join(gone)} }}")
+        if came:
+            lines.append(f"add element {FAMILY} {TABLE} {DENIED_MAP[direction]} "
+                         f"{{ {', '.join(_counted(new, direction, came))} }}")
+    lines += [f"delete counter {FAMILY} {TABLE} {name}"
+              for name in sorted(old_counters - new_counters)]
+    lines += [old.chains[name].deletion().rstrip("\n")
+              for name in sorted(old.chains.keys() - new.chains.keys())]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _jumps(ruleset: Ruleset, direction: str) -> list[str]:
+    """The pod map's elements: each pod's address, to the jump to its chain."""
+    return [f"{ip} : jump {chain}" for ip, chain in sorted(ruleset.pods[direction].items())]
+
+
+def _counted(ruleset: Ruleset, direction: str, pods: Iterable[str] | None = None) -> list[str]:
+    """The denied map's elements: each pod's address, to the name of its counter."""
+    chosen = sorted(ruleset.pods[direction]) if pods is None else pods
+    return [f'{ip} : "{counter_name(direction, ip)}"' for ip in chosen]
+
+
+def _contents(items: list[str]) -> str:
+    return f" elements = {{ {', '.join(items)} }}" if items else ""
 
 
 def revoke_script(flows: Iterable[str]) -> str:
@@ -224,15 +292,12 @@ def revoke_script(flows: Iterable[str]) -> str:
     return f"add element {FAMILY} {TABLE} {REVOKED} {{ {', '.join(items)} }}\n"
 
 
-def narrowed(old: Ruleset, new: Ruleset) -> bool:
-    """Whether the change may deny a flow that was allowed (so conntrack is checked)."""
-    for direction in (INGRESS, EGRESS):
-        if new.elements[ISOLATED[direction]] - old.elements[ISOLATED[direction]]:
-            return True
-        for name in (ANY_SET[direction], PORTS_SET[direction]):
-            if old.elements[name] - new.elements[name]:
-                return True
-    return False
+def judged_again(old: Ruleset, new: Ruleset) -> list[tuple[str, str]]:
+    """The (pod address, direction) whose established flows the change may deny: newly
+    isolated, or sent to another chain."""
+    return [(ip, direction) for direction in (INGRESS, EGRESS)
+            for ip, chain in sorted(new.pods[direction].items())
+            if old.pods[direction].get(ip) != chain]
 
 
 def _disjoint(grants: list[Grant]) -> list[tuple[int, int, ranges.Ranges]]:

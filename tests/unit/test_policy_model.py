@@ -49,7 +49,7 @@ def test_an_ipv6_block_allows_no_ipv4_address_and_renders_nothing():
     assert only_v6.grants(a, EGRESS) == []  # isolated, and nothing allowed: not "anywhere"
     both = cluster(policy(policyTypes=["Egress"],
                           egress=[{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, v6]}]))
-    rendered = render(both, both.pods)
-    assert rendered.ruleset.elements["out-any"] == {"10.244.0.2 . 0.0.0.0/0",
-                                                    "10.244.0.3 . 0.0.0.0/0"}
-    assert rendered.ruleset.elements["out-ports"] == frozenset()
+    ruleset = render(both, both.pods).ruleset
+    (chain,) = ruleset.chains.values()  # the two pods' grants are the same
+    assert (chain.anywhere, chain.ports) == (("0.0.0.0/0",), ())
+    assert ruleset.pods[EGRESS] == {"10.244.0.2": chain.name, "10.244.0.3": chain.name}

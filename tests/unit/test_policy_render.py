@@ -1,5 +1,7 @@
-"""The NetworkPolicy renderer's promises, without a kernel: disjoint interval elements,
-change scripts that turn one ruleset into the other, and a fail-closed in-process ADD."""
+"""The NetworkPolicy renderer's promises, without a kernel: disjoint interval elements
+that allow exactly the grants, chains shared by pods with the same grants, and a
+fail-closed in-process ADD. (That the scripts do what they say, nft judges:
+tests/integration/test_policy_tables.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from weft.agent.policy import ranges
 from weft.agent.policy.model import cluster_from_objects
-from weft.agent.policy.render import PORTS_SET, Cache, change_script, render
+from weft.agent.policy.render import render
 from weft.cni import plugin
 from weft.cni.config import parse_env, parse_netconf
 from weft.cni.errors import TRY_AGAIN_LATER, CNIError
@@ -45,18 +47,18 @@ OVERLAPPING = [
 ]
 
 
-def _boxes(elements: frozenset[str]) -> dict[tuple[str, str], list[tuple[range, range]]]:
-    """Per (pod, protocol), each element as (address range, port range)."""
-    out: dict[tuple[str, str], list[tuple[range, range]]] = {}
+def _boxes(elements: tuple[str, ...]) -> dict[str, list[tuple[range, range]]]:
+    """Per protocol, each element as (address range, port range)."""
+    out: dict[str, list[tuple[range, range]]] = {}
     for element in elements:
-        pod_ip, span, protocol, ports = (part.strip() for part in element.split(" . "))
+        span, protocol, ports = (part.strip() for part in element.split(" . "))
         if "-" in span:
             first, last = (int(netaddr.IPAddress(a)) for a in span.split("-"))
         else:
             network = netaddr.IPNetwork(span)
             first, last = network.first, network.last
         low, _, high = ports.partition("-")
-        out.setdefault((pod_ip, protocol), []).append(
+        out.setdefault(protocol, []).append(
             (range(first, last + 1), range(int(low), int(high or low) + 1)))
     return out
 
@@ -65,46 +67,32 @@ def test_port_elements_never_overlap_and_allow_exactly_the_grants() -> None:
     cluster, problems = cluster_from_objects(PODS, NAMESPACES, OVERLAPPING)
     assert problems == []
     rendered = render(cluster, [cluster.find("x/a"), cluster.find("x/b")])
-    boxes = _boxes(rendered.ruleset.elements[PORTS_SET["ingress"]])
-    for key, pieces in boxes.items():
+    chain = rendered.ruleset.chains[rendered.ruleset.pods["ingress"]["10.244.1.2"]]
+    boxes = _boxes(chain.ports)
+    for protocol, pieces in boxes.items():
         for (a1, p1), (a2, p2) in itertools.combinations(pieces, 2):
             overlap = (a1.start < a2.stop and a2.start < a1.stop and
                        p1.start < p2.stop and p2.start < p1.stop)
-            assert not overlap, f"{key}: {a1}/{p1} overlaps {a2}/{p2}"
+            assert not overlap, f"{protocol}: {a1}/{p1} overlaps {a2}/{p2}"
     # What the elements allow is what the grants allow, probe by probe.
     peers = ["10.244.1.3", "10.244.2.9", "10.9.9.9"]
     for peer, port in itertools.product(peers, [79, 80, 85, 88, 95, 100, 101, 8080, 8500]):
         value = int(netaddr.IPAddress(peer))
-        by_sets = any(value in a and port in p for a, p in boxes.get(("10.244.1.2", "tcp"), []))
+        by_sets = any(value in a and port in p for a, p in boxes.get("tcp", []))
         by_grants = any(g.allows(peer, "TCP", port) for g in rendered.grants[("10.244.1.2",
                                                                                "ingress")])
         assert by_sets == by_grants, (peer, port)
 
 
-def test_a_change_script_turns_one_ruleset_into_the_other() -> None:
-    cache = Cache()
-    before, _ = cluster_from_objects(PODS, NAMESPACES, OVERLAPPING[:1], interned=cache.interned)
-    after, _ = cluster_from_objects(PODS, NAMESPACES, OVERLAPPING[1:], interned=cache.interned)
-    local = ["x/a", "x/b"]
-    old = render(before, [before.find(k) for k in local], cache).ruleset
-    new = render(after, [after.find(k) for k in local], cache).ruleset
-    sets = {name: set(elements) for name, elements in old.elements.items()}
-    counters = set(old.counters)
-    for line in change_script(old, new).splitlines():
-        verb, what, _family, _table, name = line.split(" ")[:5]
-        if what == "counter":
-            (counters.add if verb == "add" else counters.discard)(name)
-            continue
-        body = line[line.index("{") + 1:line.rindex("}")]
-        items = {e.strip() for e in body.split(",")}
-        if verb == "add":
-            assert not items & sets[name], f"{name}: added twice"
-            sets[name] |= items
-        else:
-            assert items <= sets[name], f"{name}: deleted what is not there"
-            sets[name] -= items
-    assert sets == {name: set(e) for name, e in new.elements.items()}
-    assert counters == set(new.counters)
+def test_pods_with_the_same_grants_share_a_chain_and_others_do_not() -> None:
+    cluster, _ = cluster_from_objects(PODS, NAMESPACES, OVERLAPPING[:1])
+    ruleset = render(cluster, [cluster.find("x/a"), cluster.find("x/b")]).ruleset
+    assert ruleset.pods["ingress"]["10.244.1.2"] == ruleset.pods["ingress"]["10.244.1.3"]
+    assert len(ruleset.chains) == 1
+    cluster, _ = cluster_from_objects(PODS, NAMESPACES, OVERLAPPING)
+    ruleset = render(cluster, [cluster.find("x/a"), cluster.find("x/b")]).ruleset
+    assert ruleset.pods["ingress"]["10.244.1.2"] != ruleset.pods["ingress"]["10.244.1.3"]
+    assert set(ruleset.chains) == set(ruleset.pods["ingress"].values())
 
 
 def test_ranges_subtract_and_print_as_nft_elements() -> None:
