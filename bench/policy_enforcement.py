@@ -10,9 +10,10 @@ policy of its namespace.
   prober waits for the refusals to be back, and the next trial begins.
 - Throughput: one iperf3 TCP stream C -> S with only S's deny-all and allowing
   policies, then with the other 1,000 added; same pods, same path; the best of --runs
-  runs each, so that a busy machine's noise does not pass for a difference. (Measured
-  in that order because nft 1.0.6 takes minutes to delete tens of thousands of
-  interval elements: the lab goes down with the policies in place.)
+  runs each, so that a busy machine's noise does not pass for a difference.
+- Bulk changes: the time from the first of the 1,000 writes to every agent having
+  synced them all, and from deleting them all at once to every agent having synced
+  that; and how many chains the busiest node's table holds.
 
     python3 bench/policy_enforcement.py [--pods 300] [--policies 1000] [--trials 30]
 """
@@ -20,6 +21,7 @@ policy of its namespace.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -96,6 +98,11 @@ def wait_synced(state: LabState, policies: int) -> None:
         time.sleep(0.5)
 
 
+def chain_count(node: str) -> int:
+    listed = netns.run(node, ["nft", "-j", "list", "chains", "inet"]).stdout
+    return sum(1 for item in json.loads(listed)["nftables"] if "chain" in item)
+
+
 def time_to(state: LabState, client: str, server_ip: str, want: str, act) -> float:
     """Seconds from `act()` to the prober in `client` seeing the port `want` (open/closed)."""
     prober = netns.popen(client, [sys.executable, "-c", PROBE, server_ip, want],
@@ -144,9 +151,12 @@ def main() -> int:
         without = max(iperf(f"{name}-s", client_ns, server_ip, args.seconds)
                       for _ in range(args.runs))
         store.delete("NetworkPolicy", "allow-c", "bench")
-        for obj in background_policies(args.policies - 1):
+        written = time.monotonic()
+        background = background_policies(args.policies - 1)
+        for obj in background:
             store.apply(obj)
         wait_synced(state, args.policies)
+        bulk_add = time.monotonic() - written
         latencies = []
         for trial in range(args.trials):
             latencies.append(time_to(state, client_ns, server_ip, "open",
@@ -159,6 +169,12 @@ def main() -> int:
         wait_synced(state, args.policies + 1)
         with_policies = max(iperf(f"{name}-s", client_ns, server_ip, args.seconds)
                             for _ in range(args.runs))
+        chains = max(chain_count(node) for node in nodes)
+        deleted = time.monotonic()
+        for obj in background:
+            store.delete("NetworkPolicy", obj["metadata"]["name"], obj["metadata"]["namespace"])
+        wait_synced(state, 2)
+        bulk_delete = time.monotonic() - deleted
     finally:
         build.down(name, lambda _m: None)
     print(f"\nmachine: {machine()}\n")
@@ -169,6 +185,10 @@ def main() -> int:
     print(f"| one TCP stream C -> S, {args.policies} policies | {with_policies:.2f} Gbit/s |")
     print(f"| the same, no other policy (reference) | {without:.2f} Gbit/s |")
     print(f"| ratio | {with_policies / without:.2f}x |")
+    print(f"| {args.policies - 1} policies written one by one -> every agent synced | "
+          f"{bulk_add:.1f} s |")
+    print(f"| the same deleted at once -> every agent synced | {bulk_delete:.1f} s |")
+    print(f"| chains in the busiest node's table | {chains} |")
     return 0
 
 

@@ -33,6 +33,9 @@ from weft.agent.policy.model import EGRESS, INGRESS, Grant
 log = logging.getLogger(__name__)
 
 CLOSED = (TCP_CONNTRACK_TIME_WAIT, TCP_CONNTRACK_CLOSE)
+# Each filtered dump walks the whole table in the kernel (tens of ms on a busy node):
+# past this many pods' directions, one dump of everything costs less.
+FILTERED_DUMPS_UP_TO = 16
 PROTOCOL_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP",
                   socket.IPPROTO_SCTP: "SCTP"}
 # (local pod address, direction) -> its grants, or None when it is not isolated
@@ -118,10 +121,10 @@ def _flow(message) -> Flow | None:
 def _filters(pods: Iterable[tuple[str, str]] | None) -> list[dict]:
     """The dumps that hold the pods' flows: a pod's egress flows are the ones it began;
     its ingress flows the ones that reach it, straight (by the original destination:
-    these come first) or through a Service (by who answers)."""
-    if pods is None:
+    these come first) or through a Service (by who answers). Many pods: one dump."""
+    chosen = sorted(set(pods if pods is not None else ()))
+    if pods is None or len(chosen) > FILTERED_DUMPS_UP_TO:
         return [{}]
-    chosen = sorted(set(pods))
     return ([{"tuple_orig": NFCTAttrTuple(saddr=a)} for a, d in chosen if d == EGRESS] +
             [{"tuple_orig": NFCTAttrTuple(daddr=a)} for a, d in chosen if d == INGRESS] +
             [{"tuple_reply": NFCTAttrTuple(saddr=a)} for a, d in chosen if d == INGRESS])
