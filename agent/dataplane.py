@@ -14,16 +14,16 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weft.agent.routes import VXLAN_DEVICE, Desired, Diff, Fdb, Neighbour, Route
 from weft.agent.vxlan import index as tunnel_index
 from weft.cni import netns, rtnl
-from weft.cni.rtnl import MAIN_TABLE, Rtnl
+from weft.cni.rtnl import MAIN_TABLE, Request, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,16 @@ def _dump_socket_beside(ipr: IPRoute) -> Rtnl:
             return Rtnl(strict=True)
     finally:
         os.close(namespace)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One request of a change, what it does (for errors) and, for an FDB entry's
+    addition, the entry (the kernel refuses to replace one that points elsewhere)."""
+
+    what: str
+    message: Request | None  # None: the device it needs is missing
+    fdb: Fdb | None = None
 
 
 class Dataplane(Protocol):
@@ -110,21 +120,21 @@ class LinuxDataplane:
             except NetlinkError:
                 vxlan = 0
             devices = {VXLAN_DEVICE: vxlan}
-            steps: list[tuple[str, nlmsg | None]] = []
+            steps: list[Step] = []
 
-            def on_tunnel(what: str, build: Callable[[], nlmsg]) -> None:
-                steps.append((what, build() if vxlan else None))
+            def on_tunnel(what: str, build: Callable[[], Request], fdb: Fdb | None = None) -> None:
+                steps.append(Step(what, build() if vxlan else None, fdb))
 
             for n in change.add_neighbours:
                 on_tunnel(f"add neighbour {n.address} {n.mac}", lambda n=n: rtnl.add_neighbour(
                     vxlan, socket.AF_INET, n.address, n.mac, NUD_PERMANENT, rtnl.REPLACE))
             for f in change.add_fdb:
                 on_tunnel(f"add fdb {f.mac} dst {f.destination}", lambda f=f: rtnl.add_fdb(
-                    vxlan, f.mac, f.destination, NUD_PERMANENT))
+                    vxlan, f.mac, f.destination, NUD_PERMANENT), f)
             for r in change.add_routes:
-                steps.append((f"add route {r.dst} ({r.kind})", self._replace_route(r, devices)))
+                steps.append(Step(f"add route {r.dst} ({r.kind})", self._replace_route(r, devices)))
             for r in change.del_routes:
-                steps.append((f"delete route {r.dst}", rtnl.del_route(
+                steps.append(Step(f"delete route {r.dst}", rtnl.del_route(
                     socket.AF_INET, *_split(r.dst), PROTO, r.kind == "blackhole")))
             for f in change.del_fdb:
                 on_tunnel(f"delete fdb {f.mac}", lambda f=f: rtnl.del_fdb(vxlan, f.mac,
@@ -135,37 +145,34 @@ class LinuxDataplane:
             with _dump_socket_beside(self.ipr) as nl:
                 errors, moved = self._send(nl, steps)
                 if moved:  # netlink cannot replace a VXLAN FDB entry: drop the old one
-                    again = [(what, message) for f in moved for what, message in (
-                        (f"add fdb {f.mac} dst {f.destination}", rtnl.del_fdb(vxlan, f.mac)),
-                        (f"add fdb {f.mac} dst {f.destination}", rtnl.add_fdb(
+                    again = [step for f in moved for step in (
+                        Step(f"add fdb {f.mac} dst {f.destination}", rtnl.del_fdb(vxlan, f.mac)),
+                        Step(f"add fdb {f.mac} dst {f.destination}", rtnl.add_fdb(
                             vxlan, f.mac, f.destination, NUD_PERMANENT)))]
                     errors += self._send(nl, again)[0]
             return errors
 
     @staticmethod
-    def _send(nl: Rtnl, steps: list[tuple[str, nlmsg | None]]) -> tuple[list[str], list[Fdb]]:
+    def _send(nl: Rtnl, steps: list[Step]) -> tuple[list[str], list[Fdb]]:
         """Failures, one line a step (the rest still run), and the FDB entries that exist
         with another destination."""
-        errors: list[str] = []
+        errors = [f"failed to {step.what}: {VXLAN_DEVICE} or the underlay is missing"
+                  for step in steps if step.message is None]
+        ready = [step for step in steps if step.message is not None]
         moved: list[Fdb] = []
-        ready = [(what, message) for what, message in steps if message]
-        for what, message in steps:
-            if not message:
-                errors.append(f"failed to {what}: {VXLAN_DEVICE} or the underlay is missing")
-        answers = nl.batches([message for _, message in ready])
-        for (what, message), answer in zip(ready, answers, strict=True):
+        answers = nl.batches([step.message for step in ready])
+        for step, answer in zip(ready, answers, strict=True):
             if not isinstance(answer, NetlinkError):
                 continue
-            if answer.code in (errno.ENOENT, errno.ESRCH) and what.startswith("delete"):
+            if answer.code in (errno.ENOENT, errno.ESRCH) and step.what.startswith("delete"):
                 continue  # already gone
-            if answer.code == errno.EEXIST and what.startswith("add fdb"):
-                attrs = dict(message["attrs"])
-                moved.append(Fdb(attrs["NDA_LLADDR"], attrs["NDA_DST"]))
+            if answer.code == errno.EEXIST and step.fdb is not None:
+                moved.append(step.fdb)
                 continue
-            errors.append(f"failed to {what}: {answer}")
+            errors.append(f"failed to {step.what}: {answer}")
         return errors, moved
 
-    def _replace_route(self, route: Route, devices: dict[str, int]) -> nlmsg | None:
+    def _replace_route(self, route: Route, devices: dict[str, int]) -> Request | None:
         dst, prefixlen = _split(route.dst)
         if route.kind == "blackhole":
             return rtnl.replace_route(socket.AF_INET, dst, prefixlen, PROTO, blackhole=True)

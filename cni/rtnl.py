@@ -2,10 +2,13 @@
 
 pyroute2's IPRoute runs an asyncio loop and its request filters around every
 call, ~0.3 ms of Python each (~1 ms for a route): a pod's ADD needs about ten,
-and the agent's routes to 1,000 other nodes three thousand. Here pyroute2's
-message classes still encode and decode every message, but requests go out
-on a plain socket, many in one datagram: the kernel handles each in order
-and acks each, so one round trip does what took hundreds.
+and the agent's routes to 1,000 other nodes three thousand. Here requests go out
+on a plain socket, many in one datagram: the kernel handles each in order and
+acks each, so one round trip does what took hundreds. pyroute2's message classes
+encode links and addresses and decode every answer; routes, neighbours and FDB
+entries, three thousand messages of three fixed shapes for 1,000 nodes, are packed
+here (`Packed`), since pyroute2 takes 0.13 ms to encode each (tests/unit/test_rtnl.py
+holds them to pyroute2's bytes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import itertools
 import socket
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from pyroute2.netlink import (
     NLM_F_ACK,
@@ -62,6 +66,41 @@ RTEXT_FILTER_SKIP_STATS = 1 << 3
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 
 Answer = ifinfmsg | NetlinkError | None
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol,
+#                                      scope, type, flags
+NDMSG = struct.Struct("=BBHiHBB")  # family, 2 pads, ifindex, state, flags, type
+ATTR = struct.Struct("=HH")  # length, type
+RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+NDA_DST, NDA_LLADDR = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A request packed here: its type, flags and body; the header comes at sending."""
+
+    kind: int
+    flags: int
+    body: bytes
+
+    def packed(self, sequence: int) -> bytes:
+        return HEADER.pack(HEADER.size + len(self.body), self.kind, self.flags, sequence,
+                           0) + self.body
+
+
+Request = nlmsg | Packed
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    """One attribute, padded to 4 bytes."""
+    return ATTR.pack(ATTR.size + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _address(family: int, address: str) -> bytes:
+    return socket.inet_pton(family, address)
+
+
+def _mac(lladdr: str) -> bytes:
+    return bytes.fromhex(lladdr.replace(":", ""))
 
 
 class Rtnl:
@@ -87,16 +126,19 @@ class Rtnl:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def batch(self, *messages: nlmsg) -> list[Answer]:
+    def batch(self, *messages: Request) -> list[Answer]:
         """Send `messages` in one datagram; per message: the link a GETLINK asked for,
         None for a plain ack, or the NetlinkError it failed with (the rest still run)."""
         pending: dict[int, int] = {}
         data = bytearray()
         for position, message in enumerate(messages):
             sequence = next(self._sequence)
-            message["header"]["sequence_number"] = sequence
-            message.encode()
-            data += message.data
+            if isinstance(message, Packed):
+                data += message.packed(sequence)
+            else:
+                message["header"]["sequence_number"] = sequence
+                message.encode()
+                data += message.data
             pending[sequence] = position
         self._sock.send(data)
         answers: list[Answer] = [None] * len(messages)
@@ -141,14 +183,14 @@ class Rtnl:
                 answer.decode()
                 found.append(answer)
 
-    def batches(self, messages: Sequence[nlmsg]) -> list[Answer]:
+    def batches(self, messages: Sequence[Request]) -> list[Answer]:
         """`batch` for any number of messages, `BATCH` to a datagram, in order."""
         answers: list[Answer] = []
         for start in range(0, len(messages), BATCH):
             answers += self.batch(*messages[start:start + BATCH])
         return answers
 
-    def call(self, *messages: nlmsg) -> list[Answer]:
+    def call(self, *messages: Request) -> list[Answer]:
         """`batch`, raising the first failure."""
         answers = self.batch(*messages)
         for answer in answers:
@@ -225,72 +267,69 @@ def add_address(index: int, family: int, address: str, prefixlen: int,
 
 
 def add_neighbour(index: int, family: int, address: str, lladdr: str, state: int,
-                  flags: int = CREATE) -> ndmsg:
-    neigh = _with_header(ndmsg(), RTM_NEWNEIGH, flags)
-    neigh["family"], neigh["ifindex"], neigh["state"] = family, index, state
-    neigh["attrs"] = [("NDA_DST", address), ("NDA_LLADDR", lladdr)]
-    return neigh
+                  flags: int = CREATE) -> Packed:
+    return Packed(RTM_NEWNEIGH, flags, NDMSG.pack(family, 0, 0, index, state, 0, 0) +
+                  _attr(NDA_DST, _address(family, address)) + _attr(NDA_LLADDR, _mac(lladdr)))
 
 
-def del_neighbour(index: int, family: int, address: str) -> ndmsg:
-    neigh = _with_header(ndmsg(), RTM_DELNEIGH, REQUEST)
-    neigh["family"], neigh["ifindex"] = family, index
-    neigh["attrs"] = [("NDA_DST", address)]
-    return neigh
+def del_neighbour(index: int, family: int, address: str) -> Packed:
+    return Packed(RTM_DELNEIGH, REQUEST, NDMSG.pack(family, 0, 0, index, 0, 0, 0) +
+                  _attr(NDA_DST, _address(family, address)))
 
 
-def add_fdb(index: int, lladdr: str, destination: str, state: int) -> ndmsg:
+def add_fdb(index: int, lladdr: str, destination: str, state: int) -> Packed:
     """A device's own forwarding entry: frames to `lladdr` go to `destination`."""
-    entry = _with_header(ndmsg(), RTM_NEWNEIGH, CREATE)
-    entry["family"], entry["ifindex"], entry["state"] = socket.AF_BRIDGE, index, state
-    entry["flags"] = NTF_SELF
-    entry["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", destination)]
-    return entry
+    return Packed(RTM_NEWNEIGH, CREATE,
+                  NDMSG.pack(socket.AF_BRIDGE, 0, 0, index, state, NTF_SELF, 0) +
+                  _attr(NDA_LLADDR, _mac(lladdr)) +
+                  _attr(NDA_DST, _address(_family_of(destination), destination)))
 
 
-def del_fdb(index: int, lladdr: str, destination: str = "") -> ndmsg:
+def del_fdb(index: int, lladdr: str, destination: str = "") -> Packed:
     """Without `destination`, the MAC's entry whatever it points at."""
-    entry = _with_header(ndmsg(), RTM_DELNEIGH, REQUEST)
-    entry["family"], entry["ifindex"], entry["flags"] = socket.AF_BRIDGE, index, NTF_SELF
-    entry["attrs"] = [("NDA_LLADDR", lladdr)] + (
-        [("NDA_DST", destination)] if destination else [])
-    return entry
+    body = NDMSG.pack(socket.AF_BRIDGE, 0, 0, index, 0, NTF_SELF, 0) + _attr(NDA_LLADDR,
+                                                                            _mac(lladdr))
+    if destination:
+        body += _attr(NDA_DST, _address(_family_of(destination), destination))
+    return Packed(RTM_DELNEIGH, REQUEST, body)
 
 
 def add_route(family: int, dst: str, prefixlen: int, oif: int, scope: int,
-              gateway: str = "", flags: int = 0) -> rtmsg:
+              gateway: str = "", flags: int = 0) -> Packed:
     return _route(RTM_NEWROUTE, CREATE, family, dst, prefixlen, RTPROT_BOOT, False, oif,
                   gateway, flags, scope)
 
 
 def replace_route(family: int, dst: str, prefixlen: int, proto: int, *,
                   blackhole: bool = False, oif: int = 0, gateway: str = "",
-                  flags: int = 0) -> rtmsg:
+                  flags: int = 0) -> Packed:
     """`ip route replace` of a route of `proto` in the main table."""
     return _route(RTM_NEWROUTE, REPLACE, family, dst, prefixlen, proto, blackhole, oif,
                   gateway, flags)
 
 
 def del_route(family: int, dst: str, prefixlen: int, proto: int,
-              blackhole: bool = False) -> rtmsg:
+              blackhole: bool = False) -> Packed:
     return _route(RTM_DELROUTE, REQUEST, family, dst, prefixlen, proto, blackhole)
 
 
 def _route(kind: int, request: int, family: int, dst: str, prefixlen: int, proto: int,
            blackhole: bool, oif: int = 0, gateway: str = "", flags: int = 0,
-           scope: int = 0) -> rtmsg:
+           scope: int = 0) -> Packed:
     """A route in the main table; a default route (prefix length 0) has no RTA_DST."""
-    message = _with_header(rtmsg(), kind, request)
-    message["family"], message["dst_len"], message["table"] = family, prefixlen, MAIN_TABLE
-    message["proto"], message["flags"], message["scope"] = proto, flags, scope
-    message["type"] = RTN_BLACKHOLE if blackhole else RTN_UNICAST
-    attrs: list[tuple[str, object]] = [("RTA_DST", dst)] if prefixlen else []
+    body = RTMSG.pack(family, prefixlen, 0, 0, MAIN_TABLE, proto, scope,
+                      RTN_BLACKHOLE if blackhole else RTN_UNICAST, flags)
+    if prefixlen:
+        body += _attr(RTA_DST, _address(family, dst))
     if oif:
-        attrs.append(("RTA_OIF", oif))
+        body += _attr(RTA_OIF, struct.pack("=i", oif))
     if gateway:
-        attrs.append(("RTA_GATEWAY", gateway))
-    message["attrs"] = attrs
-    return message
+        body += _attr(RTA_GATEWAY, _address(family, gateway))
+    return Packed(kind, request, body)
+
+
+def _family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def routes(family: int, table: int, proto: int) -> rtmsg:
