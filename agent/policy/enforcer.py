@@ -28,7 +28,6 @@ from weft.agent.policy.render import (
     Ruleset,
     change_script,
     full_script,
-    judged_again,
     render,
     revoke_script,
 )
@@ -146,9 +145,10 @@ class Enforcer:
             if script:
                 self._apply(script)
         self._applied = rendered.ruleset
-        self.rendered = rendered
+        before, self.rendered = self.rendered, rendered
         done = time.monotonic()
-        self._judge(None if old is None else judged_again(old, rendered.ruleset))
+        self._judge(None if old is None or before is None else
+                    flows.narrowed(before.grants, rendered.grants))
         if done - started >= SLOW_SYNC_SECONDS:
             log.warning("a NetworkPolicy sync took %.1fs: %.1fs to model and render, %.1fs "
                         "for nft", done - started, modelled - started, done - modelled)

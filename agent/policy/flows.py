@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pyroute2 import Conntrack
@@ -47,6 +47,16 @@ RemoveDenied = Callable[[GrantsOf, Revoke, list[tuple[str, str]] | None], int]
 
 def allowed(grants: list[Grant] | None, peer: str, protocol: str, port: int | None) -> bool:
     return grants is None or any(g.allows(peer, protocol, port) for g in grants)
+
+
+def narrowed(old: Mapping[tuple[str, str], list[Grant] | None],
+             new: Mapping[tuple[str, str], list[Grant] | None]) -> list[tuple[str, str]]:
+    """The (pod address, direction) that a change may deny something it allowed: newly
+    isolated, or with a grant that no new grant covers. (A policy that only allows more,
+    as most new policies do, needs no look at conntrack.)"""
+    return [key for key, now in sorted(new.items()) if now is not None and (
+        old.get(key) is None or
+        not all(any(n.covers(o) for n in now) for o in old[key]))]
 
 
 def remove_denied(grants_of: GrantsOf, revoke: Revoke,

@@ -276,6 +276,13 @@ class Grant:
             return True
         return self.protocol == protocol and port is not None and self.low <= port <= self.high
 
+    def covers(self, other: Grant) -> bool:
+        """Whether this grant allows all that `other` does."""
+        if self.protocol != ANY and (self.protocol != other.protocol or
+                                     not self.low <= other.low <= other.high <= self.high):
+            return False
+        return ranges.covers(self.addresses, other.addresses)
+
 
 @dataclass
 class Cluster:

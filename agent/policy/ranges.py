@@ -56,6 +56,15 @@ def contains(ranges: Ranges, address: str) -> bool:
     return at >= 0 and ranges[at][0] <= value <= ranges[at][1]
 
 
+def covers(outer: Ranges, inner: Ranges) -> bool:
+    """Whether every address of `inner` is in `outer` (both merged, as `merge` makes them)."""
+    for first, last in inner:
+        at = bisect.bisect_right(outer, (first, 1 << 32)) - 1
+        if at < 0 or not outer[at][0] <= first <= last <= outer[at][1]:
+            return False
+    return True
+
+
 def spans(ranges: Ranges) -> list[str]:
     """As nft interval elements: an address, a CIDR where the range is one, else a-b."""
     out = []

@@ -292,14 +292,6 @@ def revoke_script(flows: Iterable[str]) -> str:
     return f"add element {FAMILY} {TABLE} {REVOKED} {{ {', '.join(items)} }}\n"
 
 
-def judged_again(old: Ruleset, new: Ruleset) -> list[tuple[str, str]]:
-    """The (pod address, direction) whose established flows the change may deny: newly
-    isolated, or sent to another chain."""
-    return [(ip, direction) for direction in (INGRESS, EGRESS)
-            for ip, chain in sorted(new.pods[direction].items())
-            if old.pods[direction].get(ip) != chain]
-
-
 def _disjoint(grants: list[Grant]) -> list[tuple[int, int, ranges.Ranges]]:
     """Port pieces that do not overlap, each with the addresses allowed on it."""
     bounds = sorted({g.low for g in grants} | {g.high + 1 for g in grants})

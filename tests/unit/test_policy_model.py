@@ -53,3 +53,25 @@ def test_an_ipv6_block_allows_no_ipv4_address_and_renders_nothing():
     (chain,) = ruleset.chains.values()  # the two pods' grants are the same
     assert (chain.anywhere, chain.ports) == (("0.0.0.0/0",), ())
     assert ruleset.pods[EGRESS] == {"10.244.0.2": chain.name, "10.244.0.3": chain.name}
+
+
+def test_only_a_change_that_may_deny_something_sends_the_agent_to_conntrack():
+    from weft.agent.policy import flows, ranges
+    from weft.agent.policy.model import ANY, Grant
+
+    pods = ranges.of_cidrs(["10.244.0.0/24"])
+    one_pod = ranges.of_cidrs(["10.244.0.3/32"])
+    web = Grant("x/web", 0, one_pod, "TCP", 80, 80)
+    wider = Grant("x/wide", 0, pods, "TCP", 80, 443)
+    anything = Grant("x/any", 0, pods, ANY)
+    before = {("10.244.0.2", INGRESS): [web], ("10.244.0.2", EGRESS): None}
+    assert flows.narrowed(before, before) == []
+    assert flows.narrowed(before, {**before, ("10.244.0.2", INGRESS): [wider]}) == []
+    assert flows.narrowed(before, {**before, ("10.244.0.2", INGRESS): [anything]}) == []
+    # narrower, or newly isolated: judged again
+    assert flows.narrowed({**before, ("10.244.0.2", INGRESS): [wider]}, before) == [
+        ("10.244.0.2", INGRESS)]
+    assert flows.narrowed(before, {**before, ("10.244.0.2", EGRESS): []}) == [
+        ("10.244.0.2", EGRESS)]
+    assert not Grant("x/udp", 0, pods, "UDP", 80, 80).covers(web)
+    assert not web.covers(anything)
