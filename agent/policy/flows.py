@@ -50,13 +50,14 @@ def allowed(grants: list[Grant] | None, peer: str, protocol: str, port: int | No
 
 
 def narrowed(old: Mapping[tuple[str, str], list[Grant] | None],
-             new: Mapping[tuple[str, str], list[Grant] | None]) -> list[tuple[str, str]]:
-    """The (pod address, direction) that a change may deny something it allowed: newly
-    isolated, or with a grant that no new grant covers. (A policy that only allows more,
-    as most new policies do, needs no look at conntrack.)"""
-    return [key for key, now in sorted(new.items()) if now is not None and (
+             new: Mapping[tuple[str, str], list[Grant] | None],
+             changed: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Of the `changed` (pod address, direction), those whose change may deny something
+    it allowed: newly isolated, or with a grant that no new grant covers. (A policy that
+    only allows more, as most new policies do, needs no look at conntrack.)"""
+    return [key for key in sorted(set(changed)) if new.get(key) is not None and (
         old.get(key) is None or
-        not all(any(n.covers(o) for n in now) for o in old[key]))]
+        not all(any(n.covers(o) for n in new[key]) for o in old[key]))]
 
 
 def remove_denied(grants_of: GrantsOf, revoke: Revoke,

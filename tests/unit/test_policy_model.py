@@ -65,13 +65,18 @@ def test_only_a_change_that_may_deny_something_sends_the_agent_to_conntrack():
     wider = Grant("x/wide", 0, pods, "TCP", 80, 443)
     anything = Grant("x/any", 0, pods, ANY)
     before = {("10.244.0.2", INGRESS): [web], ("10.244.0.2", EGRESS): None}
-    assert flows.narrowed(before, before) == []
-    assert flows.narrowed(before, {**before, ("10.244.0.2", INGRESS): [wider]}) == []
-    assert flows.narrowed(before, {**before, ("10.244.0.2", INGRESS): [anything]}) == []
+    both = list(before)
+
+    def narrowed(old: dict, new: dict) -> list:
+        return flows.narrowed(old, new, both)
+
+    assert narrowed(before, before) == []
+    assert narrowed(before, {**before, ("10.244.0.2", INGRESS): [wider]}) == []
+    assert narrowed(before, {**before, ("10.244.0.2", INGRESS): [anything]}) == []
     # narrower, or newly isolated: judged again
-    assert flows.narrowed({**before, ("10.244.0.2", INGRESS): [wider]}, before) == [
+    assert narrowed({**before, ("10.244.0.2", INGRESS): [wider]}, before) == [
         ("10.244.0.2", INGRESS)]
-    assert flows.narrowed(before, {**before, ("10.244.0.2", EGRESS): []}) == [
+    assert narrowed(before, {**before, ("10.244.0.2", EGRESS): []}) == [
         ("10.244.0.2", EGRESS)]
     assert not Grant("x/udp", 0, pods, "UDP", 80, 80).covers(web)
     assert not web.covers(anything)
