@@ -133,8 +133,10 @@ def _filters(pods: Iterable[tuple[str, str]] | None) -> list[dict]:
     """The dumps that hold the pods' flows: a pod's egress flows are the ones it began;
     its ingress flows the ones that reach it, straight (by the original destination:
     these come first) or through a Service (by who answers). Many pods: one dump."""
-    chosen = sorted(set(pods if pods is not None else ()))
-    if pods is None or len(chosen) > FILTERED_DUMPS_UP_TO:
+    if pods is None:
+        return [{}]
+    chosen = sorted(set(pods))
+    if len(chosen) > FILTERED_DUMPS_UP_TO:
         return [{}]
     return ([{"tuple_orig": NFCTAttrTuple(saddr=a)} for a, d in chosen if d == EGRESS] +
             [{"tuple_orig": NFCTAttrTuple(daddr=a)} for a, d in chosen if d == INGRESS] +

@@ -199,11 +199,11 @@ def dataplane(lab: Lab, keys: list[str]) -> str:
     nodes = sorted({lab.pod(k)["node"] for k in keys})
     shown = []
     for node in nodes:
-        table = subprocess.run(["nsenter", f"--net={netns.path(node)}", "nft", "list", "table",
-                                "inet", "weft"], capture_output=True, text=True, check=False)
+        table = netns.run(node, ["nft", "list", "table", "inet", "weft"], check=False)
         log = lab.state.node_dir(node) / "agent.log"
         tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
-        shown += [f"--- {node}: nft list table inet weft", table.stdout + table.stderr,
+        shown += [f"--- {node}: nft list table inet weft",
+                  (table.stdout + table.stderr).decode(errors="replace"),
                   f"--- {node}: the last lines of {log}", *tail]
     for key in keys:
         sandbox = lab.pod(key)["netns"]
